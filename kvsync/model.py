@@ -1,0 +1,114 @@
+"""kvsync's own records: what the decoder produces and the rest of the pipeline consumes.
+
+Pure values, no I/O. The event records are msgspec Structs rather than dataclasses because the
+decoder builds them straight from the wire (``kvsync.wire`` subclasses them with the array and map
+layouts): converting each event into a second record would cost about a microsecond per event on
+the hottest path. Treat them as immutable once decoded.
+
+Validation that does not depend on the layout lives here, in ``__post_init__``: msgspec turns a
+``ValueError`` raised there into a ``ValidationError`` for that event only.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, NamedTuple
+
+import msgspec
+
+from kvsync.errors import Reason
+
+UINT64_MASK: Final = (1 << 64) - 1
+TOKEN_LIMIT: Final = 1 << 32
+GPU: Final = "GPU"
+
+# An engine block hash: an opaque id, unique per endpoint. Ints are normalised to uint64 (vLLM
+# <= 0.10.1 and SGLang send signed int64); bytes (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0) are kept.
+EngineHash = int | bytes
+WireHash = int | Annotated[bytes, msgspec.Meta(min_length=8, max_length=32)]
+TokenId = Annotated[int, msgspec.Meta(ge=0, lt=TOKEN_LIMIT)]
+BlockSize = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class EndpointId(NamedTuple):
+    """One publisher: a pod (``namespace/name``, or the static name) and its data-parallel rank."""
+
+    pod: str
+    dp_rank: int = 0
+
+
+def _uint64(hashes: list[EngineHash]) -> None:
+    """Normalise signed int64 hashes in place (bytes and non-negative ints are left alone)."""
+    if hashes and type(hashes[0]) is int and min(hashes) < 0:  # type: ignore[type-var]  # all ints here
+        hashes[:] = [h & UINT64_MASK for h in hashes]  # type: ignore[operator]  # all ints here
+
+
+class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False):
+    """A chain of full blocks entered the prefix cache; fields in vLLM's declaration order."""
+
+    block_hashes: list[WireHash]
+    parent_block_hash: WireHash | None
+    token_ids: list[TokenId]
+    block_size: BlockSize
+    lora_id: int | None = None
+    medium: str | None = None
+    lora_name: str | None = None
+    extra_keys: list[list[Any] | None] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        n_blocks = len(self.block_hashes)
+        if len(self.token_ids) != n_blocks * self.block_size:
+            raise ValueError(
+                f"{Reason.TOKENS}: {len(self.token_ids)} token ids for {n_blocks} blocks "
+                f"of {self.block_size}"
+            )
+        if self.extra_keys is not None and len(self.extra_keys) != n_blocks:
+            raise ValueError(f"{len(self.extra_keys)} extra_keys entries for {n_blocks} blocks")
+        _uint64(self.block_hashes)
+        parent = self.parent_block_hash
+        if type(parent) is int and parent < 0:
+            self.parent_block_hash = parent & UINT64_MASK
+
+
+class BlockRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", gc=False):
+    """Blocks left the cache of this endpoint (in ``medium``, for ``group_idx``)."""
+
+    block_hashes: list[WireHash]
+    medium: str | None = None
+    group_idx: int | None = None
+
+    def __post_init__(self) -> None:
+        _uint64(self.block_hashes)
+
+
+class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", tag_field="type", gc=False):
+    """The endpoint's prefix cache was reset: every block it held is gone."""
+
+
+Event = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One event of a batch that could not be used; the rest of the batch still applies."""
+
+    position: int
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One published batch: everything an engine reported in one scheduler step."""
+
+    seq: int
+    ts: float
+    data_parallel_rank: int | None
+    events: Sequence[Event]
+    rejected: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayEnd:
+    """The end marker of a replay reply (seq 0xFFFF_FFFF_FFFF_FFFF, empty payload)."""
