@@ -36,6 +36,25 @@ class EndpointId(NamedTuple):
     dp_rank: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A publisher to subscribe to, as discovery (static or Kubernetes) describes it.
+
+    Two descriptions of the same ``id`` that differ in any field mean the publisher changed
+    (new address, new model, restarted container): its index state is purged and it is
+    subscribed afresh. ``generation`` carries whatever discovery uses to tell incarnations apart
+    (for a pod: uid and container restart count).
+    """
+
+    id: EndpointId
+    model: str
+    pub: str  # tcp://host:port of the PUB socket (IPv6 hosts in brackets)
+    replay: str | None = None  # tcp://host:port of the ROUTER replay socket, if any
+    lora_id: int | None = None  # the pod's LoRA label: the adapter when events name none
+    topic: str = ""  # subscription prefix; "" = every topic
+    generation: str = ""
+
+
 def _uint64(hashes: list[EngineHash]) -> None:
     """Normalise signed int64 hashes in place (bytes and non-negative ints are left alone)."""
     if hashes and type(hashes[0]) is int and min(hashes) < 0:  # type: ignore[type-var]  # all ints here
