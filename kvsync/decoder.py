@@ -23,8 +23,14 @@ _ARRAY_BATCH: Final = msgspec.msgpack.Decoder(wire.ArrayBatch)
 _MAP_BATCH: Final = msgspec.msgpack.Decoder(wire.MapBatch)
 _FAST_ARRAYS: Final = msgspec.msgpack.Decoder(wire.ArrayBatchOfArrays)
 _FAST_MAPS: Final = msgspec.msgpack.Decoder(wire.ArrayBatchOfMaps)
-_ARRAY_EVENT: Final = msgspec.msgpack.Decoder(wire.ArrayEvent)
-_MAP_EVENT: Final = msgspec.msgpack.Decoder(wire.MapEvent)
+_ARRAY_EVENT: Final[msgspec.msgpack.Decoder[wire.ArrayEvent]] = msgspec.msgpack.Decoder(
+    wire.ArrayEvent
+)
+_MAP_EVENT: Final[msgspec.msgpack.Decoder[wire.MapEvent]] = msgspec.msgpack.Decoder(wire.MapEvent)
+
+# msgspec raises UnicodeDecodeError (not a DecodeError) for a str that is not UTF-8 inside a
+# tagged struct; the fuzz test found it.
+_MSGSPEC_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
 
 _FIXARRAY_2_OR_3: Final = (0x92, 0x93)
 _FLOAT64: Final = 0xCB
@@ -32,7 +38,9 @@ _FLOAT64: Final = 0xCB
 # Which field a msgspec error path points at: maps name it, arrays give its position (tag at 0).
 _TOKENS_PATH: Final = re.compile(r"^tokens:|`\$(\.token_ids|\[3\])")
 _HASH_PATH: Final = re.compile(r"`\$(\.block_hashes|\.parent_block_hash|\[1\]|\[2\])")
-_TAG_PATH: Final = re.compile(r"Invalid value .* - at `\$(\.type|\[0\])`$|Expected `str`.*`\$\[0\]`$")
+_TAG_PATH: Final = re.compile(
+    r"Invalid value .* - at `\$(\.type|\[0\])`$|Expected `str`.*`\$\[0\]`$"
+)
 
 
 def _first_event_marker(payload: bytes) -> int | None:
@@ -51,7 +59,7 @@ def _first_event_marker(payload: bytes) -> int | None:
     return payload[offset] if offset < len(payload) else None
 
 
-def _event_reason(exc: msgspec.DecodeError) -> Reason:
+def _event_reason(exc: Exception) -> Reason:
     message = str(exc)
     if _TOKENS_PATH.search(message):
         return Reason.TOKENS
@@ -86,21 +94,21 @@ def decode_payload(seq: int, payload: bytes) -> Batch:
     if fast is not None:
         try:
             whole = fast.decode(payload)
-        except msgspec.DecodeError:
+        except _MSGSPEC_ERRORS:
             pass  # decoded again below, event by event, to keep the good events
         else:
             return Batch(seq, whole.ts, whole.data_parallel_rank, whole.events)
     envelope = _MAP_BATCH if payload[:1] and payload[0] in wire.MAP_MARKERS else _ARRAY_BATCH
     try:
         batch = envelope.decode(payload)
-    except msgspec.DecodeError as exc:
+    except _MSGSPEC_ERRORS as exc:
         raise DecodeError(Reason.PAYLOAD, str(exc)) from exc
     events: list[Event] = []
     rejected: list[Rejection] = []
     for position, raw in enumerate(batch.events):
         try:
             events.append(_decode_event(raw))
-        except msgspec.DecodeError as exc:
+        except _MSGSPEC_ERRORS as exc:
             rejected.append(Rejection(position, _event_reason(exc), str(exc)))
     return Batch(seq, batch.ts, batch.data_parallel_rank, events, tuple(rejected))
 
@@ -127,7 +135,9 @@ def decode_replay(frames: Sequence[bytes]) -> Batch | ReplayEnd:
     """
     if len(frames) not in (3, 4) or frames[0]:
         sizes = [len(f) for f in frames]
-        raise DecodeError(Reason.FRAMES, f"replay reply frame sizes {sizes}, expected [0, (topic,) 8, n]")
+        raise DecodeError(
+            Reason.FRAMES, f"replay reply frame sizes {sizes}, expected [0, (topic,) 8, n]"
+        )
     seq_frame, payload = frames[-2], frames[-1]
     if seq_frame == wire.END_SEQ:
         if payload:

@@ -11,7 +11,7 @@ Validation that does not depend on the layout lives here, in ``__post_init__``: 
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, NamedTuple
+from typing import Annotated, Any, Final, NamedTuple, cast
 
 import msgspec
 
@@ -57,8 +57,10 @@ class Endpoint:
 
 def _uint64(hashes: list[EngineHash]) -> None:
     """Normalise signed int64 hashes in place (bytes and non-negative ints are left alone)."""
-    if hashes and type(hashes[0]) is int and min(hashes) < 0:  # type: ignore[type-var]  # all ints here
-        hashes[:] = [h & UINT64_MASK for h in hashes]  # type: ignore[operator]  # all ints here
+    if hashes and type(hashes[0]) is int:
+        ints = cast(list[int], hashes)  # a list mixing ints and bytes fails in min(): rejected
+        if min(ints) < 0:
+            hashes[:] = [h & UINT64_MASK for h in ints]
 
 
 class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False):
