@@ -24,7 +24,7 @@ SPEC_KEYS: Final = ("name", "model", "pub", "replay", "dp_size", "lora_id", "top
 REQUIRED_SPEC_KEYS: Final = ("name", "model", "pub")
 
 
-def _int_in_range(what: str, value: object, low: int, high: int) -> int:
+def int_in_range(what: str, value: object, low: int, high: int) -> int:
     """An int (or its decimal string) in [low, high]; else ``ValueError`` saying why."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{what} must be an integer, got {value!r}")
@@ -71,7 +71,7 @@ def split_tcp_address(what: str, address: str) -> tuple[str, int]:
             raise ValueError(f"{what}: put an IPv6 host in brackets (tcp://[{host}]:port)")
         if any(c.isspace() or c in "/@?#*" for c in host):
             raise ValueError(f"{what} has an invalid host {host!r}")
-    return host, _int_in_range(f"{what} port", port_text, 1, PORT_MAX)
+    return host, int_in_range(f"{what} port", port_text, 1, PORT_MAX)
 
 
 def rank_endpoints(
@@ -125,9 +125,9 @@ def _endpoints_from_fields(fields: Mapping[str, object]) -> list[Endpoint]:
         replay_host, replay_port = split_tcp_address("replay", texts["replay"])
         if replay_host != host:  # vLLM binds both sockets in the same process
             raise ValueError(f"replay host {replay_host} differs from pub host {host}")
-    dp_size = _int_in_range("dp_size", fields.get("dp_size", 1), 1, DP_SIZE_MAX)
+    dp_size = int_in_range("dp_size", fields.get("dp_size", 1), 1, DP_SIZE_MAX)
     lora = fields.get("lora_id")
-    lora_id = None if lora is None else _int_in_range("lora_id", lora, 0, 2**63 - 1)
+    lora_id = None if lora is None else int_in_range("lora_id", lora, 0, 2**63 - 1)
     return rank_endpoints(
         texts["name"],
         texts["model"],
@@ -167,19 +167,22 @@ def parse_endpoints_document(text: str) -> list[Endpoint]:
     """
     try:
         document: object = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         try:
             document = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        # PyYAML raises ValueError on impossible timestamps or !!int tags, RecursionError on nesting
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
-            raise ConfigError(f"endpoints file is neither JSON nor YAML{line}") from None
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(
+                f"endpoints file is neither JSON nor YAML{line}: {problem:.80}"
+            ) from None
     if document is None:
         return []
     if not isinstance(document, list):
-        raise ConfigError(
-            f"endpoints file must be a list of endpoints, got {type(document).__name__}"
-        )
+        kind = type(document).__name__
+        raise ConfigError(f"endpoints file must be a list of endpoints, got a {kind}")
     endpoints: list[Endpoint] = []
     names: set[str] = set()
     for position, entry in enumerate(document):
