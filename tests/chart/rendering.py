@@ -1,0 +1,121 @@
+"""helm rendering charts/kvsync for the chart tests: the tool paths, the renderer, the manifests.
+
+``Chart.render`` runs ``helm template`` (no cluster) and returns the manifests as dicts;
+``Rendered.env`` resolves the container's env the way the kubelet would, Secrets included.
+"""
+
+import base64
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kvsync"
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+STATIC = CHART / "ci" / "static-values.yaml"
+TOOLS_SCRIPT = REPO / "scripts" / "tools.sh"
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Paths of the installed tools, and the environment to run helm in (a private home)."""
+
+    bin_dir: Path
+    env: dict[str, str]
+
+    @property
+    def helm(self) -> str:
+        return str(self.bin_dir / "helm")
+
+    @property
+    def hadolint(self) -> str:
+        return str(self.bin_dir / "hadolint")
+
+    @property
+    def kubernetes_validate(self) -> str:
+        return str(self.bin_dir / "kubernetes-validate")
+
+
+class RenderError(Exception):
+    """helm refused to render; the message is helm's stderr."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The manifests of one ``helm template`` run."""
+
+    docs: list[Manifest]
+    text: str
+
+    def kinds(self, kind: str) -> list[Manifest]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str) -> Manifest:
+        found = self.kinds(kind)
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    @property
+    def pod_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        return spec
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers: list[dict[str, Any]] = self.pod_spec["containers"]
+        assert len(containers) == 1
+        return containers[0]
+
+    def env(self) -> dict[str, str]:
+        """The container's env as the kubelet would set it (Secret references resolved)."""
+        secrets = {s["metadata"]["name"]: s["data"] for s in self.kinds("Secret")}
+        result: dict[str, str] = {}
+        for var in self.container.get("env", []):
+            if "value" in var:
+                result[var["name"]] = var["value"]
+            elif "secretKeyRef" in var.get("valueFrom", {}):
+                ref = var["valueFrom"]["secretKeyRef"]
+                result[var["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+        return result
+
+
+class Chart:
+    """``helm template`` over charts/kvsync with a given set of values."""
+
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.tools.helm, *args],
+            capture_output=True,
+            text=True,
+            env=self.tools.env,
+            timeout=120,
+            check=False,
+        )
+
+    def render(
+        self, *, values: Sequence[Path] = (), sets: Sequence[str] = (), chart: Path = CHART
+    ) -> Rendered:
+        args = ["template", "kvsync", str(chart), "--namespace", "kvsync-system"]
+        for path in values:
+            args += ["--values", str(path)]
+        for assignment in sets:
+            args += ["--set", assignment]
+        proc = self.helm(*args)
+        if proc.returncode != 0:
+            raise RenderError(proc.stderr.strip())
+        docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+        return Rendered(docs=docs, text=proc.stdout)
+
+
+def load_values(path: Path = CHART / "values.yaml") -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded

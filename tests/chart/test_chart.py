@@ -1,0 +1,272 @@
+"""The Helm chart as a cluster admin would check it: lint, schema, privileges, probes, shutdown.
+
+Renders charts/kvsync with ``helm template`` (defaults, ci/all-options-values.yaml and
+ci/static-values.yaml) and asserts on the manifests. Skips only when helm cannot be installed.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.chart.rendering import (
+    ALL_OPTIONS,
+    CHART,
+    STATIC,
+    Chart,
+    Rendered,
+    RenderError,
+    Tools,
+    load_values,
+)
+
+pytestmark = pytest.mark.timeout(300)  # the first test may install the tools (scripts/tools.sh)
+
+VALUES_FILES = {"default": None, "all-options": ALL_OPTIONS, "static": STATIC}
+VALIDATE_K8S_VERSION = "1.30.0"  # one of the schema sets kubernetes-validate bundles
+POD_READER_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+RBAC_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+
+
+def renders(chart: Chart) -> dict[str, Rendered]:
+    return {
+        name: chart.render(values=[path] if path else []) for name, path in VALUES_FILES.items()
+    }
+
+
+@pytest.mark.parametrize("values", VALUES_FILES.values(), ids=VALUES_FILES.keys())
+def test_helm_lint_strict_passes(chart: Chart, values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
+    proc = chart.helm(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout
+
+
+@pytest.mark.parametrize("values", VALUES_FILES.values(), ids=VALUES_FILES.keys())
+def test_rendered_manifests_pass_strict_schema_validation(
+    chart: Chart, tools: Tools, values: Path | None, tmp_path: Path
+) -> None:
+    rendered = chart.render(values=[values] if values else [])
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(rendered.text)
+    proc = subprocess.run(
+        [tools.kubernetes_validate, "--strict", "--quiet", "-k", VALIDATE_K8S_VERSION, manifests],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_pod_and_container_run_unprivileged_in_every_configuration(chart: Chart) -> None:
+    for name, rendered in renders(chart).items():
+        pod = rendered.pod_spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] == 10001, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        container = rendered.container["securityContext"]
+        assert container["runAsNonRoot"] is True, name
+        assert container["runAsUser"] == 10001, name
+        assert container["readOnlyRootFilesystem"] is True, name
+        assert container["allowPrivilegeEscalation"] is False, name
+        assert container["capabilities"] == {"drop": ["ALL"]}, name
+        assert container["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert "privileged" not in container, name
+        # Resources are always bounded: a memory limit, and requests the scheduler can use.
+        assert rendered.container["resources"]["limits"]["memory"], name
+        assert rendered.container["resources"]["requests"]["cpu"], name
+
+
+def test_watching_all_namespaces_grants_one_cluster_role_to_read_pods(
+    default_render: Rendered,
+) -> None:
+    (role,) = default_render.kinds("ClusterRole")
+    assert role["rules"] == POD_READER_RULES
+    (binding,) = default_render.kinds("ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    account = default_render.one("ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": "kvsync-system"}
+    ]
+    assert default_render.pod_spec["serviceAccountName"] == account["name"]
+    assert default_render.pod_spec["automountServiceAccountToken"] is True
+    assert not default_render.kinds("Role")
+    assert not default_render.kinds("RoleBinding")
+
+
+def test_listed_namespaces_get_a_role_each_and_no_cluster_role(
+    all_options_render: Rendered,
+) -> None:
+    roles = all_options_render.kinds("Role")
+    bindings = all_options_render.kinds("RoleBinding")
+    namespaces = ["inference", "inference-canary"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
+    for role in roles:
+        assert role["rules"] == POD_READER_RULES
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "kvsync-reader", "namespace": "kvsync-system"}
+        ]
+    assert not all_options_render.kinds("ClusterRole")
+    assert not all_options_render.kinds("ClusterRoleBinding")
+
+
+def test_every_rbac_rule_anywhere_is_read_only_on_pods(chart: Chart) -> None:
+    for name, rendered in renders(chart).items():
+        for kind in ("Role", "ClusterRole"):
+            for role in rendered.kinds(kind):
+                assert role["rules"] == POD_READER_RULES, name
+
+
+def test_static_discovery_gets_no_rbac_and_no_api_token(static_render: Rendered) -> None:
+    assert not [d for d in static_render.docs if d["kind"] in RBAC_KINDS]
+    assert static_render.pod_spec["automountServiceAccountToken"] is False
+
+
+def test_probes_hit_livez_and_readyz_on_the_http_port(chart: Chart) -> None:
+    for name, rendered in renders(chart).items():
+        container = rendered.container
+        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}, name
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+        (port,) = container["ports"]
+        assert port["name"] == "http"
+        assert str(port["containerPort"]) == rendered.env()["KVSYNC_HTTP_PORT"], name
+        service_port = rendered.one("Service")["spec"]["ports"][0]
+        assert service_port["targetPort"] == "http", name
+
+
+def grace_budget(env: dict[str, str]) -> float:
+    return float(env["KVSYNC_DRAIN_SECONDS"]) + 3 * float(env["KVSYNC_STOP_TIMEOUT_SECONDS"])
+
+
+def test_grace_period_outlasts_drain_and_stop_budgets(chart: Chart) -> None:
+    for name, rendered in renders(chart).items():
+        grace = rendered.pod_spec["terminationGracePeriodSeconds"]
+        assert grace >= grace_budget(rendered.env()) + 1, name
+    # Fractional budgets round up; the margin is added on top.
+    rendered = chart.render(
+        sets=[
+            "config.drainSeconds=7.2",
+            "config.stopTimeoutSeconds=4.1",
+            "terminationGraceMarginSeconds=2",
+        ]
+    )
+    assert rendered.pod_spec["terminationGracePeriodSeconds"] == 8 + 3 * 5 + 2
+
+
+def test_grace_period_below_the_shutdown_budget_is_refused(chart: Chart) -> None:
+    # defaults: drain 5 s + 3 x stop 5 s = 20 s
+    assert (
+        chart.render(sets=["terminationGracePeriodSeconds=20"]).pod_spec[
+            "terminationGracePeriodSeconds"
+        ]
+        == 20
+    )
+    with pytest.raises(RenderError, match="terminationGracePeriodSeconds"):
+        chart.render(sets=["terminationGracePeriodSeconds=19"])
+
+
+def test_optional_objects_are_off_by_default_and_on_when_asked(
+    default_render: Rendered, all_options_render: Rendered
+) -> None:
+    optional = ("ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "Secret")
+    assert not [d["kind"] for d in default_render.docs if d["kind"] in optional]
+    assert default_render.one("Deployment")["spec"]["replicas"] == 1
+    monitor = all_options_render.one("ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    service_labels = all_options_render.one("Service")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+    pdb = all_options_render.one("PodDisruptionBudget")
+    pod_labels = all_options_render.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def test_network_policy_opens_only_the_http_port_and_reaches_vllm_and_the_api(
+    all_options_render: Rendered,
+) -> None:
+    policy = all_options_render.one("NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(ingress["from"]) == 2
+    vllm, api, dns, extra = policy["egress"]
+    assert vllm["to"][0]["podSelector"] == {
+        "matchLabels": {"model.aibrix.ai/kv-events-enabled": "true"}
+    }
+    assert vllm["ports"] == [
+        {"port": 5557, "endPort": 5558, "protocol": "TCP"},
+        {"port": 5600, "endPort": 5601, "protocol": "TCP"},
+    ]
+    assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert {p["port"] for p in api["ports"]} == {443, 6443}
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert extra["to"] == [{"ipBlock": {"cidr": "192.168.10.0/24"}}]
+
+
+def test_api_token_comes_from_a_secret_never_from_plain_env(
+    static_render: Rendered, all_options_render: Rendered
+) -> None:
+    (plain,) = [v for v in static_render.container["env"] if v["name"] == "KVSYNC_API_TOKEN"]
+    assert "value" not in plain
+    token = load_values(STATIC)["config"]["apiToken"]
+    assert static_render.env()["KVSYNC_API_TOKEN"] == token
+    assert token not in static_render.text  # only its base64 form, in the Secret
+    # An existing Secret is mounted read-only and named by KVSYNC_API_TOKEN_FILE.
+    env = all_options_render.env()
+    assert "KVSYNC_API_TOKEN" not in env
+    mount = next(
+        m for m in all_options_render.container["volumeMounts"] if m["name"] == "api-token"
+    )
+    assert mount["readOnly"] is True
+    assert env["KVSYNC_API_TOKEN_FILE"] == mount["mountPath"] + "/token"
+    volume = next(v for v in all_options_render.pod_spec["volumes"] if v["name"] == "api-token")
+    assert volume["secret"]["secretName"] == "kvsync-api-token"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["config.apiToken=a", "apiTokenSecret.name=s"], "one of config.apiToken"),
+        (["config.apiToken=a", "config.apiTokenFile=/f"], "one of config.apiToken"),
+        (["config.endpoint={name=a}"], "need config.discovery: static"),
+        (["podDisruptionBudget.enabled=true", "podDisruptionBudget.minAvailable=1",
+          "podDisruptionBudget.maxUnavailable=1"], "not both"),
+    ],
+)  # fmt: skip
+def test_contradictory_values_are_refused_with_a_reason(
+    chart: Chart, sets: list[str], message: str
+) -> None:
+    with pytest.raises(RenderError, match=message):
+        chart.render(sets=sets)
+
+
+def test_notes_tell_how_to_query_and_the_exact_vllm_flag(chart: Chart, chart_copy: Path) -> None:
+    # helm template does not print NOTES.txt; render it through a scratch template instead.
+    notes = (chart_copy / "templates" / "NOTES.txt").read_text()
+    (chart_copy / "templates" / "_notes_under_test.tpl").write_text(
+        '{{- define "notes-under-test" }}' + notes + "{{- end }}"
+    )
+    (chart_copy / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "notes-under-test" . | quote }}\n'
+    )
+    rendered = chart.render(chart=chart_copy)
+    text = rendered.one("ConfigMap")["data"]["notes"]
+    assert (
+        """--kv-events-config '{"enable_kv_cache_events":true,"publisher":"zmq","""
+        """"endpoint":"tcp://*:5557","replay_endpoint":"tcp://*:5558"}'"""
+    ) in text
+    assert "model.aibrix.ai/kv-events-enabled=true" in text
+    assert "model.aibrix.ai/name" in text
+    assert "kvsync.io/replay-port" in text
+    assert "port-forward svc/kvsync 8080:8080" in text
+    assert "/v1/match" in text
