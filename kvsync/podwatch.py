@@ -208,7 +208,7 @@ class NamespaceWatch:
             token = meta.get("continue") or None
             if token is None:
                 break
-        self._send(self._table.replace_all(desired))
+        send(self._sink, self._table.replace_all(desired))
         self._skip_reason = {k: v for k, v in self._skip_reason.items() if k in desired}
         self.last_error = None
         log.info("informer_listed", namespace=self.namespace, pods=len(desired))
@@ -257,12 +257,12 @@ class NamespaceWatch:
         if kind in ("ADDED", "MODIFIED"):
             key, endpoints = self._endpoints_of(obj)
             if key is not None:
-                self._send(self._table.put(key, endpoints))
+                send(self._sink, self._table.put(key, endpoints))
         elif kind == "DELETED":
             key = _pod_key(obj)
             if key is not None:
                 self._skip_reason.pop(key, None)
-                self._send(self._table.put(key, []))
+                send(self._sink, self._table.put(key, []))
         # BOOKMARK carries only the resourceVersion; every event moves it forward
         return version if isinstance(version, str) and version else resource_version
 
@@ -285,13 +285,15 @@ class NamespaceWatch:
                 self._skip_reason[key] = found.reason
         return key, []
 
-    def _send(self, commands: list[discovery.Command]) -> None:
-        for command in commands:
-            match command:
-                case SetEndpoint(endpoint=endpoint):
-                    self._sink.set_endpoint(endpoint)
-                case RemoveEndpoint(id=endpoint_id):
-                    self._sink.remove_endpoint(endpoint_id)
+
+def send(sink: Sink, commands: list[discovery.Command]) -> None:
+    """Hand each command to the sink, in order (removals first, as ``diff`` sorts them)."""
+    for command in commands:
+        match command:
+            case SetEndpoint(endpoint=endpoint):
+                sink.set_endpoint(endpoint)
+            case RemoveEndpoint(id=endpoint_id):
+                sink.remove_endpoint(endpoint_id)
 
 
 def _pod_key(raw: object) -> str | None:
