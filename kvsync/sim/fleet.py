@@ -1,0 +1,359 @@
+"""A simulated vLLM fleet on loopback: pods × DP ranks, traffic, and the ground truth. I/O edge.
+
+    with Fleet(pods=3, dp_sizes=(1, 2), seed=7) as fleet:   # publishers bound, threads running
+        daemon_endpoints = fleet.endpoints()                 # kvsync.model.Endpoint per DP rank
+        fleet.wait_for_subscribers()                         # after the daemon subscribed (XPUB)
+        fleet.step(100)                                      # 100 requests, deterministic
+        fleet.flush()                                        # every batch is on the wire
+        query = fleet.sample_query()
+        truth = fleet.ground_truth(query)                    # {EndpointId: matched_blocks > 0}
+
+Each endpoint (``EndpointId(pod, dp_rank)``) is an ``Engine`` + ``Workload`` + ``Publisher``.
+Pod ``i`` is named ``{name_prefix}{i}`` ("sim/vllm-0", …). Ports follow vLLM's DP rule, rank r on
+base + r for both sockets: the live ports are ``base .. base+dp-1``, the replay ports
+``base+10 .. base+10+dp-1``; with ``base_port`` pod i uses ``base = base_port + 20*i``, without
+it each pod picks a random free base (retrying if taken).
+
+Threads: the caller's (``step``, ``submit``, ``clear``, ``restart``), each publisher's own, and
+with ``start()`` one traffic thread that calls ``step`` at a rate. One lock serialises engine
+state, so ``ground_truth`` may be called at any time; it is exact once the fleet is quiescent
+(no traffic thread) and the daemon has caught up. Raises ``SimError`` (and its subclasses).
+"""
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import zmq
+
+from kvsync.model import BlockStored, EndpointId, Event
+from kvsync.model import Endpoint as DaemonEndpoint
+from kvsync.sim.engine import Engine
+from kvsync.sim.eras import Era
+from kvsync.sim.publisher import Publisher
+from kvsync.sim.records import Adapter, Request, SimError, SimQuery
+from kvsync.sim.sockets import AddressInUseError
+from kvsync.sim.workload import Mix, PromptLibrary, QuerySampler, Workload
+
+DEFAULT_ADAPTER = Adapter(1, "sql-adapter")
+REPLAY_PORT_OFFSET = 10
+POD_PORT_STRIDE = 20
+_BIND_ATTEMPTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SimEndpoint:
+    """One DP rank of one pod: its engine, its traffic and its publisher."""
+
+    id: EndpointId
+    engine: Engine
+    workload: Workload
+    publisher: Publisher
+
+
+class Fleet:
+    """N simulated vLLM pods serving one model (and one LoRA adapter) on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        pods: int = 3,
+        dp_sizes: Sequence[int] = (1, 2),
+        model: str = "sim-model",
+        adapter: Adapter | None = DEFAULT_ADAPTER,
+        eras: Sequence[Era | str] = (Era.V0_33,),
+        hashes: str | None = None,
+        block_size: int = 16,
+        num_blocks: int = 1024,
+        max_running: int = 4,
+        eviction_jitter: float = 0.02,
+        mix: Mix | None = None,
+        seed: int = 0,
+        replay: bool = True,
+        replay_capacity: int = 10_000,
+        base_port: int | None = None,
+        topic: str = "",
+        xpub: bool = True,
+        name_prefix: str = "sim/vllm-",
+        recent_requests: int = 512,
+    ) -> None:
+        """``dp_sizes`` and ``eras`` cycle over the pods; ``topic`` may use {pod} and {model}."""
+        self.model = model
+        self.block_size = block_size
+        self._engine_options = (num_blocks, max_running, eviction_jitter)
+        self._seed = seed
+        self._adapter = adapter
+        self._library = PromptLibrary(mix or Mix(), seed)
+        self._sampler = QuerySampler(self._library, model=model, block_size=block_size, seed=seed)
+        self._rng = random.Random(seed)  # noqa: S311  # a simulation, not cryptography
+        self._lock = threading.Lock()
+        self._recent: deque[Request] = deque(maxlen=recent_requests)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._endpoints: dict[EndpointId, SimEndpoint] = {}
+        self._daemon_endpoints: list[DaemonEndpoint] = []
+        self._traffic: threading.Thread | None = None
+        self._stop_traffic = threading.Event()
+        self._traffic_failure: BaseException | None = None
+        try:
+            for index in range(pods):
+                pod = f"{name_prefix}{index}"
+                era = Era(eras[index % len(eras)])
+                pod_topic = topic.format(pod=pod, model=model)
+
+                def make(rank: int, port: int, replay_port: int | None) -> Publisher:
+                    return Publisher(
+                        era=era,  # noqa: B023  # called at once, inside this iteration
+                        hashes=hashes,
+                        topic=pod_topic,  # noqa: B023
+                        dp_rank=rank,
+                        pub_port=port,
+                        replay_port=replay_port,
+                        xpub=xpub,
+                        replay_capacity=replay_capacity,
+                        block_size=block_size,
+                        ctx=self._ctx,
+                    )
+
+                publishers = self._bind_pod(
+                    make,
+                    dp_size=dp_sizes[index % len(dp_sizes)],
+                    base=None if base_port is None else base_port + POD_PORT_STRIDE * index,
+                    replay=replay,
+                )
+                for rank, publisher in enumerate(publishers):
+                    self._add(EndpointId(pod, rank), publisher, salts=era is not Era.V0_10_1)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- wiring --------------------------------------------------------------------------------
+    def _bind_pod(
+        self,
+        make: Callable[[int, int, int | None], Publisher],
+        *,
+        dp_size: int,
+        base: int | None,
+        replay: bool,
+    ) -> list[Publisher]:
+        """The publishers of one pod, rank r on base + r (and base + 10 + r for replay)."""
+        for _ in range(_BIND_ATTEMPTS if base is None else 1):
+            start = self._rng.randrange(20_000, 60_000) if base is None else base
+            publishers: list[Publisher] = []
+            try:
+                for rank in range(dp_size):
+                    replay_port = start + REPLAY_PORT_OFFSET + rank if replay else None
+                    publishers.append(make(rank, start + rank, replay_port))
+            except AddressInUseError:
+                for publisher in publishers:
+                    publisher.close()
+                if base is not None:
+                    raise
+                continue
+            except BaseException:
+                for publisher in publishers:
+                    publisher.close()
+                raise
+            return publishers
+        raise SimError(f"no free ports for a pod after {_BIND_ATTEMPTS} attempts")
+
+    def _add(self, endpoint_id: EndpointId, publisher: Publisher, *, salts: bool) -> None:
+        # Salted requests only where the era publishes extra keys (vLLM >= 0.17): before that a
+        # salted block looks unsalted on the wire, and no subscriber could tell.
+        num_blocks, max_running, eviction_jitter = self._engine_options
+        pod, rank, seed = endpoint_id.pod, endpoint_id.dp_rank, self._seed
+        number = len(self._endpoints)
+        engine = Engine(
+            num_blocks=num_blocks,
+            block_size=self.block_size,
+            hash_seed=f"{pod}#{rank}",  # hashes differ per endpoint, as in vLLM 0.10.2-0.28
+            max_running=max_running,
+            eviction_jitter=eviction_jitter,
+            seed=seed * 1000 + number,
+        )
+        workload = Workload(
+            self._library, seed=seed * 1000 + number, adapter=self._adapter, salts=salts
+        )
+        self._endpoints[endpoint_id] = SimEndpoint(endpoint_id, engine, workload, publisher)
+        self._daemon_endpoints.append(
+            DaemonEndpoint(
+                id=endpoint_id,
+                model=self.model,
+                pub=publisher.pub_address,
+                replay=publisher.replay_address,
+                topic=publisher.topic,
+            )
+        )
+
+    # --- what the daemon needs -----------------------------------------------------------------
+    @property
+    def ids(self) -> list[EndpointId]:
+        return list(self._endpoints)
+
+    def endpoints(self) -> list[DaemonEndpoint]:
+        """One ``kvsync.model.Endpoint`` per DP rank, to hand to the daemon."""
+        return list(self._daemon_endpoints)
+
+    def endpoint_specs(self) -> list[str]:
+        """The same as ``kvsync serve --endpoint`` specs (one per pod, ``dp_size`` when > 1)."""
+        specs = []
+        for endpoint in self._daemon_endpoints:
+            if endpoint.id.dp_rank:
+                continue
+            ranks = sum(1 for e in self._daemon_endpoints if e.id.pod == endpoint.id.pod)
+            spec = f"name={endpoint.id.pod},model={endpoint.model},pub={endpoint.pub}"
+            if endpoint.replay:
+                spec += f",replay={endpoint.replay}"
+            if ranks > 1:
+                spec += f",dp_size={ranks}"
+            if endpoint.topic:
+                spec += f",topic={endpoint.topic}"
+            specs.append(spec)
+        return specs
+
+    def publisher(self, endpoint: EndpointId) -> Publisher:
+        return self._endpoints[endpoint].publisher
+
+    def engine(self, endpoint: EndpointId) -> Engine:
+        return self._endpoints[endpoint].engine
+
+    def wait_for_subscribers(self, timeout: float = 5.0) -> None:
+        """Block until every publisher has seen a subscription (XPUB only)."""
+        deadline = time.monotonic() + timeout
+        for sim in self._endpoints.values():
+            sim.publisher.wait_for_subscriber(max(0.0, deadline - time.monotonic()))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Block until every batch published so far is on the wire."""
+        deadline = time.monotonic() + timeout
+        for sim in self._endpoints.values():
+            sim.publisher.flush(max(0.0, deadline - time.monotonic()))
+
+    # --- traffic -------------------------------------------------------------------------------
+    def step(self, requests: int = 1) -> int:
+        """Send ``requests`` requests, each to a random endpoint; return the blocks stored."""
+        stored = 0
+        with self._lock:
+            for _ in range(requests):
+                sim = self._endpoints[self._rng.choice(list(self._endpoints))]
+                request = sim.workload.next_request()
+                stored += self._run(sim, request)
+        return stored
+
+    def submit(self, endpoint: EndpointId, request: Request) -> list[Event]:
+        """Run one given request on one endpoint; return (and publish) its events."""
+        with self._lock:
+            sim = self._endpoints[endpoint]
+            events = sim.engine.run(request)
+            self._recent.append(request)
+            if events:
+                sim.publisher.publish(events)
+            return events
+
+    def clear(self, endpoint: EndpointId) -> None:
+        """Reset that endpoint's prefix cache and publish ``AllBlocksCleared``."""
+        with self._lock:
+            sim = self._endpoints[endpoint]
+            sim.publisher.publish(sim.engine.clear())
+
+    def restart(self, pod: str) -> None:
+        """Restart every rank of ``pod``: empty caches, seq back to 0, nothing published."""
+        with self._lock:
+            for sim in self._endpoints.values():
+                if sim.id.pod == pod:
+                    sim.engine.restart()
+                    sim.publisher.restart()
+
+    def start(
+        self, *, requests_per_s: float | None = None, blocks_per_s: float | None = None
+    ) -> None:
+        """Drive traffic from a background thread at one of the two rates, until ``stop()``."""
+        if (requests_per_s is None) == (blocks_per_s is None) or (
+            requests_per_s or blocks_per_s or 0
+        ) <= 0:
+            raise SimError("give exactly one positive rate: requests_per_s or blocks_per_s")
+        if self._traffic is not None:
+            raise SimError("traffic is already running")
+        self._stop_traffic.clear()
+        self._traffic = threading.Thread(
+            target=self._drive, args=(requests_per_s, blocks_per_s), name="sim-fleet-traffic"
+        )
+        self._traffic.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the traffic thread (if any); re-raise what made it fail."""
+        thread, self._traffic = self._traffic, None
+        if thread is not None:
+            self._stop_traffic.set()
+            thread.join(timeout)
+            if thread.is_alive():
+                raise SimError("fleet traffic thread did not stop")
+        failure, self._traffic_failure = self._traffic_failure, None
+        if failure is not None:
+            raise SimError(f"fleet traffic failed: {failure!r}") from failure
+
+    def _drive(self, requests_per_s: float | None, blocks_per_s: float | None) -> None:
+        due = time.monotonic()
+        try:
+            while not self._stop_traffic.wait(max(0.0, due - time.monotonic())):
+                stored = self.step()
+                cost = 1 / requests_per_s if requests_per_s else stored / (blocks_per_s or 1)
+                # Never owe more than a second: after a stall, resume the rate, do not burst.
+                due = max(due + cost, time.monotonic() - 1.0)
+        except Exception as exc:  # noqa: BLE001  # thread guard: re-raised by stop()
+            self._traffic_failure = exc
+
+    def _run(self, sim: SimEndpoint, request: Request) -> int:
+        events = sim.engine.run(request)
+        self._recent.append(request)
+        if events:
+            sim.publisher.publish(events)
+        return sum(len(e.block_hashes) for e in events if isinstance(e, BlockStored))
+
+    # --- ground truth --------------------------------------------------------------------------
+    def sample_query(self) -> SimQuery:
+        """A realistic router question about recent traffic (hits at various depths, misses)."""
+        with self._lock:
+            return self._sampler.sample(self._recent)
+
+    def ground_truth(self, query: SimQuery, block_size: int | None = None) -> dict[EndpointId, int]:
+        """Leading full blocks of the query each endpoint truly holds (only those > 0).
+
+        Computed from the engines' cached token prefixes, not from any index (see
+        ``Engine.matched_blocks`` for how the adapter and the salt select blocks).
+        """
+        size = block_size or self.block_size
+        if query.model != self.model:
+            return {}
+        truth: dict[EndpointId, int] = {}
+        with self._lock:
+            for endpoint, sim in self._endpoints.items():
+                if sim.engine.block_size != size:
+                    continue
+                best = sim.engine.matched_blocks(query)
+                if best:
+                    truth[endpoint] = best
+        return truth
+
+    def query_blocks(self, query: SimQuery, block_size: int | None = None) -> int:
+        """Full blocks in the query (a partial tail does not count)."""
+        return len(query.token_ids) // (block_size or self.block_size)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop traffic, close every publisher and the ZMQ context. Idempotent."""
+        try:
+            self.stop()
+        finally:
+            for sim in self._endpoints.values():
+                sim.publisher.close()
+            if not self._ctx.closed:
+                self._ctx.term()
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
