@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kvsync import config
-from tests.chart.rendering import ALL_OPTIONS, STATIC, Chart, Rendered, load_values
+from tests.chart.rendering import ALL_OPTIONS, CHART, STATIC, Chart, Rendered, load_values
 
 pytestmark = pytest.mark.timeout(300)  # the first test may install the tools (scripts/tools.sh)
 
@@ -115,3 +115,15 @@ def test_numbers_are_written_as_the_daemon_parses_them(chart: Chart, tmp_path: P
     settings = config.load([], env)
     assert settings.max_prefixes_per_context == 1 << 40
     assert settings.max_body_bytes == 1 << 31
+
+
+def test_chart_readme_documents_every_setting_with_its_env_var() -> None:
+    readme = (CHART / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
+        for line in readme.splitlines()
+        if line.startswith("| `config.")
+    }
+    assert rows == {
+        f"config.{key}": config.ENV_PREFIX + snake(key).upper() for key in load_values()["config"]
+    }
