@@ -105,7 +105,7 @@ class Engine:
         the block's; a query with neither selects blocks without adapter. The salt must be equal.
         """
         return max(
-            (self.held_blocks(c, query.token_ids) for c in self.contexts() if _selects(query, c)),
+            (self.held_blocks(c, query.token_ids) for c in self.contexts() if selects(query, c)),
             default=0,
         )
 
@@ -291,7 +291,8 @@ def _extra_keys(index: int, adapter: Adapter | None, salt: str | None) -> list[s
     return keys or None
 
 
-def _selects(query: SimQuery, context: Context) -> bool:
+def selects(query: SimQuery, context: Context) -> bool:
+    """Whether blocks cached under ``context`` answer ``query`` (see ``matched_blocks``)."""
     if query.cache_salt != context.cache_salt:
         return False
     if query.lora_name is None and query.lora_id is None:

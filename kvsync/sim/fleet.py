@@ -20,6 +20,7 @@ state, so ``ground_truth`` may be called at any time; it is exact once the fleet
 (no traffic thread) and the daemon has caught up. Raises ``SimError`` (and its subclasses).
 """
 
+import dataclasses
 import random
 import threading
 import time
@@ -86,7 +87,10 @@ class Fleet:
         self._engine_options = (num_blocks, max_running, eviction_jitter)
         self._seed = seed
         self._adapter = adapter
-        self._library = PromptLibrary(mix or Mix(), seed)
+        mix = mix or Mix()
+        # Every request must fit an engine's pool (vLLM caps it with max_model_len).
+        mix = dataclasses.replace(mix, max_tokens=min(mix.max_tokens, num_blocks * block_size))
+        self._library = PromptLibrary(mix, seed)
         self._sampler = QuerySampler(self._library, model=model, block_size=block_size, seed=seed)
         self._rng = random.Random(seed)  # noqa: S311  # a simulation, not cryptography
         self._lock = threading.Lock()

@@ -275,7 +275,9 @@ class Publisher:
                 if not self._handle_commands():
                     return
                 if self._router is not None and self._router in ready:
-                    self._serve_replays(self._router)
+                    sockets.serve_replays(
+                        self._router, self.era, self._topic, self._buffer, self._count
+                    )
                 if self._live in ready:
                     self._read_subscriptions()
         except Exception as exc:  # noqa: BLE001  # thread guard: reported by flush() and close()
@@ -331,13 +333,6 @@ class Publisher:
         self._live.send_multipart([self._topic, wire.encode_seq(seq), payload])
         self._buffer.append((seq, payload))
         self._count("sent")
-
-    def _serve_replays(self, router: zmq.Socket[bytes]) -> None:
-        answered, bad = sockets.serve_replays(router, self.era, self._topic, self._buffer)
-        with self._changed:
-            self._counts["replays"] += answered
-            self._counts["bad_replay_requests"] += bad
-            self._changed.notify_all()
 
     def _read_subscriptions(self) -> None:
         while True:

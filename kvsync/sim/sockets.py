@@ -8,7 +8,7 @@ raises nothing of its own (zmq errors of a closed socket propagate to the thread
 import enum
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import zmq
@@ -44,28 +44,32 @@ def malformed_frames(kind: Malformed, topic: bytes, next_seq: int, empty: bytes)
 
 
 def serve_replays(
-    router: zmq.Socket[bytes], era: eras.Era, topic: bytes, buffer: Iterable[tuple[int, bytes]]
-) -> tuple[int, int]:
-    """Answer every pending replay request; return (answered, invalid) counts.
+    router: zmq.Socket[bytes],
+    era: eras.Era,
+    topic: bytes,
+    buffer: Iterable[tuple[int, bytes]],
+    count: Callable[[str], None],
+) -> None:
+    """Answer every pending replay request; ``count("replays" | "bad_replay_requests")``.
 
     vLLM's protocol: ``[identity, b"", start_seq]`` gets one message per buffered batch with
-    seq >= start, then the end marker. Any other request is not answered (vLLM logs it).
+    seq >= start, then the end marker. Any other request is not answered (vLLM logs it). An
+    answer is counted before its end marker leaves, so a client that saw the marker sees the count.
     """
-    answered = invalid = 0
     while True:
         try:
             frames = router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
-            return answered, invalid
+            return
         if len(frames) != 3 or frames[1]:
-            invalid += 1
+            count("bad_replay_requests")
             continue
         identity, start = frames[0], int.from_bytes(frames[2], "big")
         for seq, payload in buffer:
             if seq >= start:
                 router.send_multipart([identity, *eras.replay_message(era, topic, seq, payload)])
+        count("replays")
         router.send_multipart([identity, *eras.replay_end(era)])
-        answered += 1
 
 
 def bind(sock: zmq.Socket[bytes], host: str, port: int) -> str:

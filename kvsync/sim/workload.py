@@ -77,6 +77,10 @@ class Workload:
             request = self._follow_up(previous)
         else:
             request = self._new_conversation()
+        if len(request.tokens) > mix.max_tokens:  # a context window, as the engine enforces
+            prompt = request.prompt[: mix.max_tokens]
+            output = request.output[: mix.max_tokens - len(prompt)]
+            request = Request(prompt, output, request.adapter, request.cache_salt)
         if len(request.tokens) < mix.max_tokens:
             self._open.append(request)
         return request

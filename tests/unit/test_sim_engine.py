@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kvsync import model
 from kvsync.sim import Adapter, Context, Engine, Request, SimError, SimQuery
-from kvsync.sim.engine import prefix_digests
+from kvsync.sim.engine import prefix_digests, selects
 
 LORA = Adapter(7, "sql-adapter")
 PLAIN = Context(None, None, None)
@@ -51,10 +51,12 @@ class EventReplica:
             context, prefix = self.blocks[event.parent_block_hash]
         for i, block_hash in enumerate(event.block_hashes):
             assert block_hash not in self.blocks, "a cached block is never stored twice"
-            assert isinstance(block_hash, bytes)
-            assert len(block_hash) == 32
             prefix += tuple(event.token_ids[i * size : (i + 1) * size])
             self.blocks[block_hash] = (context, prefix)
+
+    def matched_query(self, query: SimQuery) -> int:
+        contexts = {c for c, _ in self.blocks.values() if selects(query, c)}
+        return max((self.matched(c, query.token_ids) for c in contexts), default=0)
 
     def matched(self, context: Context, tokens: Sequence[int]) -> int:
         held = {(c, prefix_digests(p, self.block_size)[-1]) for c, p in self.blocks.values()}
@@ -133,6 +135,7 @@ def test_lora_and_salt_go_into_extra_keys_and_separate_the_blocks() -> None:
     assert isinstance(plain, model.BlockStored)
     assert isinstance(lora, model.BlockStored)
     assert plain.extra_keys == [None, None]
+    assert all(isinstance(h, bytes) and len(h) == 32 for h in plain.block_hashes)
     assert lora.extra_keys == [["sql-adapter", "s1"], ["sql-adapter"]]
     assert (lora.lora_id, lora.lora_name) == (7, "sql-adapter")
     assert not set(plain.block_hashes) & set(lora.block_hashes)

@@ -80,3 +80,10 @@ def test_query_body_is_the_http_api_shape() -> None:
     assert body["model"] == "m"
     assert body["token_ids"] == list(query.token_ids)
     assert set(body) <= {"model", "token_ids", "lora_name", "lora_id", "cache_salt"}
+
+
+def test_requests_never_exceed_the_context_window() -> None:
+    mix = Mix(max_tokens=100)  # shorter than some system prompts
+    requests = _requests(2, count=200, mix=mix)
+    assert max(len(r.tokens) for r in requests) == 100
+    assert all(r.prompt for r in requests)
