@@ -54,6 +54,7 @@ class PublisherStats:
 @dataclass(frozen=True, slots=True)
 class _Batch:
     payload: bytes
+    malformed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class Publisher:
                 self.replay_address = sockets.bind(self._router, host, replay_port)
         except SimError:
             self._close_sockets()
+            if self._own_ctx:
+                self._ctx.term()
             raise
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=replay_capacity)
         self._seq = 0
@@ -204,7 +207,7 @@ class Publisher:
             payload = eras.encode_batch(
                 self.era, mixed, ts=self._clock(), dp_rank=self.dp_rank, hashes=self.hashes
             )
-            self._put(_Batch(payload))
+            self._put(_Batch(payload, malformed=True))
             return
         self._put(_Malformed(kind))
 
@@ -302,23 +305,26 @@ class Publisher:
 
     def _handle(self, command: _Command) -> None:
         match command:
-            case _Batch(payload):
+            case _Batch(payload, malformed):
+                if malformed:  # counted before it leaves: a receiver then sees the count
+                    self._count("malformed")
                 self._send_batch(payload)
             case _Drop(count, replayable):
                 self._drop_live, self._drop_replayable = count, replayable
             case _Capacity(batches):
                 self._buffer = deque(self._buffer, maxlen=batches)
             case _Restart():
-                self._seq, self._drop_live = 0, 0
-                self._buffer.clear()
+                with self._changed:
+                    self._seq, self._drop_live = 0, 0
+                    self._buffer.clear()
             case _Frames(frames):
                 self._live.send_multipart(frames)
             case _Malformed(kind):
                 empty = self._encode([], None)
+                self._count("malformed")
                 self._live.send_multipart(
                     sockets.malformed_frames(kind, self._topic, self._seq, empty)
                 )
-                self._count("malformed")
 
     def _send_batch(self, payload: bytes) -> None:
         seq = self._seq
@@ -330,9 +336,9 @@ class Publisher:
             if self._drop_replayable:
                 self._buffer.append((seq, payload))
             return
-        self._live.send_multipart([self._topic, wire.encode_seq(seq), payload])
         self._buffer.append((seq, payload))
         self._count("sent")
+        self._live.send_multipart([self._topic, wire.encode_seq(seq), payload])
 
     def _read_subscriptions(self) -> None:
         while True:

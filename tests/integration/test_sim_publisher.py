@@ -205,6 +205,7 @@ def test_one_bad_event_among_good_ones(ctx: Context, era: Era) -> None:
         assert batch.seq == 0
         assert len(batch.events) == 2
         assert [(r.position, r.reason) for r in batch.rejected] == [(1, Reason.TOKENS)]
+        assert publisher.stats.malformed == 1
         sub.close()
 
 
