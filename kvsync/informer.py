@@ -79,8 +79,9 @@ class Informer:
             total.relists += watch.stats.relists
             total.watch_restarts += watch.stats.watch_restarts
             total.events += watch.stats.events
-            total.errors.update(watch.stats.errors)
-            total.skipped.update(watch.stats.skipped)
+            # dict.copy is one C call: safe against the watch thread adding a key meanwhile
+            total.errors.update(dict.copy(watch.stats.errors))
+            total.skipped.update(dict.copy(watch.stats.skipped))
         return total
 
     def last_error(self) -> str | None:

@@ -118,33 +118,34 @@ class NamespaceWatch:
     def _run(self) -> None:
         failures, resource_version = 0, ""
         while not self._stopping.is_set():
+            events_before, relisting = self.stats.events, not resource_version
             try:
                 if not resource_version:
                     resource_version = self._relist()
                 resource_version = self._watch(resource_version)
                 failures = 0
-            except GoneError:
-                self._count_error("gone")
-                resource_version = ""
-                continue  # re-list at once: no error on the server side
-            except ApiException as exc:
-                resource_version = "" if exc.status == GONE else resource_version
-                self._count_error("gone" if exc.status == GONE else f"http_{exc.status}")
-                if exc.status == GONE:
-                    continue
-                self._report_api_error(exc)
+                continue
+            except (GoneError, ApiException) as exc:
+                status = GONE if isinstance(exc, GoneError) else exc.status
+                self._count_error("gone" if status == GONE else f"http_{status}")
+                if status == GONE:
+                    resource_version = ""
+                    if not relisting or self.stats.events > events_before:
+                        continue  # the usual case: re-list at once (the server is fine)
+                elif isinstance(exc, ApiException):
+                    self._report_api_error(exc)
             except (urllib3.exceptions.HTTPError, OSError, WatchEventError) as exc:
                 if self._stopping.is_set():
                     break
-                self._count_error("connection")
+                broken = "watch_error" if isinstance(exc, WatchEventError) else "connection"
+                self._count_error(broken)
                 self.last_error = str(exc)
                 log.warning("informer_connection_error", namespace=self.namespace, error=str(exc))
             except Exception:  # the thread boundary: log, count, back off, carry on
                 self._count_error("crash")
                 log.exception("informer_crashed", namespace=self.namespace)
                 resource_version = ""
-            else:
-                continue
+            # any other failure, or 410 straight after a re-list: back off before retrying
             delay = backoff_delay(
                 failures,
                 self._options.backoff_initial_seconds,
