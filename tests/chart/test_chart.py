@@ -146,18 +146,17 @@ def grace_budget(env: dict[str, str]) -> float:
     return float(env["KVSYNC_DRAIN_SECONDS"]) + 3 * float(env["KVSYNC_STOP_TIMEOUT_SECONDS"])
 
 
-def test_grace_period_outlasts_drain_and_stop_budgets(chart: Chart) -> None:
+def test_grace_period_outlasts_drain_and_stop_budgets(chart: Chart, tmp_path: Path) -> None:
     for name, rendered in renders(chart).items():
         grace = rendered.pod_spec["terminationGracePeriodSeconds"]
         assert grace >= grace_budget(rendered.env()) + 1, name
     # Fractional budgets round up; the margin is added on top.
-    rendered = chart.render(
-        sets=[
-            "config.drainSeconds=7.2",
-            "config.stopTimeoutSeconds=4.1",
-            "terminationGraceMarginSeconds=2",
-        ]
+    values = tmp_path / "fractional.yaml"
+    values.write_text(
+        "config:\n  drainSeconds: 7.2\n  stopTimeoutSeconds: 4.1\n"
+        "terminationGraceMarginSeconds: 2\n"
     )
+    rendered = chart.render(values=[values])
     assert rendered.pod_spec["terminationGracePeriodSeconds"] == 8 + 3 * 5 + 2
 
 
@@ -258,6 +257,23 @@ def test_api_token_comes_from_a_secret_never_from_plain_env(
 def test_contradictory_values_are_refused_with_a_reason(
     chart: Chart, sets: list[str], message: str
 ) -> None:
+    with pytest.raises(RenderError, match=message):
+        chart.render(sets=sets)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["config.replyPort=5558"], "Additional property replyPort is not allowed"),
+        (["config.dpSize=0"], "config.dpSize"),
+        (["config.discovery=dns"], "config.discovery"),
+        (["config.httpPort=70000"], "config.httpPort"),
+    ],
+)
+def test_values_schema_refuses_unknown_settings_and_bad_values(
+    chart: Chart, sets: list[str], message: str
+) -> None:
+    # A misspelt setting would otherwise become an env var the daemon never reads.
     with pytest.raises(RenderError, match=message):
         chart.render(sets=sets)
 

@@ -7,6 +7,7 @@ would see it, yields exactly the values written in the values files.
 """
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -127,3 +128,10 @@ def test_chart_readme_documents_every_setting_with_its_env_var() -> None:
     assert rows == {
         f"config.{key}": config.ENV_PREFIX + snake(key).upper() for key in load_values()["config"]
     }
+
+
+def test_values_schema_types_exactly_the_settings() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config_schema = schema["properties"]["config"]
+    assert config_schema["additionalProperties"] is False
+    assert set(config_schema["properties"]) == set(load_values()["config"])
