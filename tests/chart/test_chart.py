@@ -125,6 +125,12 @@ def test_every_rbac_rule_anywhere_is_read_only_on_pods(chart: Chart) -> None:
                 assert role["rules"] == POD_READER_RULES, name
 
 
+def test_no_service_link_env_can_shadow_a_kvsync_setting(chart: Chart) -> None:
+    # The kubelet would set KVSYNC_REPLAY_PORT=tcp://… for a Service named kvsync-replay.
+    for name, rendered in renders(chart).items():
+        assert rendered.pod_spec["enableServiceLinks"] is False, name
+
+
 def test_static_discovery_gets_no_rbac_and_no_api_token(static_render: Rendered) -> None:
     assert not [d for d in static_render.docs if d["kind"] in RBAC_KINDS]
     assert static_render.pod_spec["automountServiceAccountToken"] is False
