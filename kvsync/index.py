@@ -1,0 +1,414 @@
+"""The prefix index: which endpoint holds which blocks, and the longest-prefix lookup. Pure.
+
+Not thread-safe: the ingest thread is the only writer and HTTP readers share one lock with it,
+taken by the callers per batch (``apply``) and per lookup (``match``). ``now`` is passed in
+(monotonic seconds): the index reads no clock. Raises nothing for decoded events and valid
+queries; bad input is counted in ``ApplyOutcome`` instead.
+
+Semantics (architecture.md §3, §5):
+
+* A context is (model, adapter, block size). The adapter is the event's ``lora_name``, else its
+  ``lora_id``, else the endpoint's ``EndpointContext.lora_id``, else none. Queries select it
+  with ``lora_name`` or ``lora_id``.
+* Blocks are keyed by ``kvsync.keys`` (tokens + normalised extra keys), chained inside an event
+  and through ``parent_block_hash``, which resolves through that endpoint's engine-hash map. A
+  BlockStored whose parent the endpoint never stored (or no longer holds a mapping for) is not
+  indexed at all: rooting it would invent matches. It is counted as ``unknown_parent``.
+* Holders are per (endpoint, medium, group); a block is held while any copy remains. A removal
+  affects exactly the named copies of the sending endpoint; descendants stay.
+* Eviction (on the event path, and idle expiry on lookups too), every one counted by reason in
+  ``evictions``: ``max_contexts`` (least recently used context), ``max_keys`` (least recently
+  stored leaf keys of a context over its limit, down to 97 % of it), ``idle_ttl`` (a context with
+  no event and no lookup for ``idle_ttl_seconds``).
+"""
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from typing import Final
+
+from kvsync import keys
+from kvsync.contexts import Context, slots_of
+from kvsync.model import GPU, AllBlocksCleared, BlockRemoved, BlockStored, EndpointId, Event
+
+DEFAULT_MEDIUM_WEIGHTS: Final[Mapping[str, float]] = {GPU: 1.0, "CPU": 0.8}
+OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium not in the weights (STORAGE, DISK, ...)
+_LOW_WATERMARK: Final = 0.97  # evict a little below the limit so eviction runs in bursts
+
+Adapter = str | int | None  # a LoRA name, else a LoRA integer id, else the base model
+ContextKey = tuple[str, Adapter, int]  # (model, adapter, block size)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on the index's memory, enforced as events arrive.
+
+    The defaults suit a fleet of about 100 pods serving a handful of models and LoRA adapters:
+    ``max_keys_per_context`` 4,000,000 covers 100 pods x 40,000 distinct 16-token blocks each
+    (about 64 GiB of KV cache per pod for an 8B model) before shared prefixes are counted; at
+    roughly 100-200 bytes per key that is under 1 GiB per context (see BENCHMARKS.md).
+    ``max_contexts`` 1,000 and ``idle_ttl_seconds`` 20 minutes are AIBrix's defaults (AIBrix
+    keeps only 10,000 prefixes per context, too few for such a fleet).
+    """
+
+    max_contexts: int = 1_000
+    max_keys_per_context: int = 4_000_000
+    idle_ttl_seconds: float = 20 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointContext:
+    """What discovery knows of an endpoint: its model and the pod's LoRA label, if any."""
+
+    model: str
+    lora_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A lookup: the request's tokens and what selects the context (``lora_name`` wins over
+    ``lora_id``). ``pods`` keeps only those pods (every dp rank); None means all."""
+
+    model: str
+    token_ids: Sequence[int]
+    lora_name: str | None = None
+    lora_id: int | None = None
+    cache_salt: str | None = None
+    pods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One endpoint's answer: leading query blocks it holds, contiguously from block 0."""
+
+    endpoint: EndpointId
+    matched_blocks: int
+    score: float
+    by_medium: Mapping[str, int]
+    block_size: int = 0  # of this answer; differs from the result's only in mixed contexts
+
+    @property
+    def matched_tokens(self) -> int:
+        return self.matched_blocks * self.block_size
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """``matches`` sorted by score, matched blocks (descending), then pod and dp rank."""
+
+    block_size: int
+    query_blocks: int
+    matches: Sequence[Match]
+
+    def percent(self, match: Match) -> int:
+        """floor(100 x matched / query blocks), the API's ``percent``."""
+        return 100 * match.matched_blocks // self.query_blocks if self.query_blocks else 0
+
+
+@dataclass(slots=True)
+class ApplyOutcome:
+    """What one ``apply`` did, for the caller to count and log."""
+
+    stored_blocks: int = 0  # blocks an endpoint did not hold before
+    removed_blocks: int = 0  # blocks an endpoint no longer holds in any copy
+    cleared: int = 0  # AllBlocksCleared events
+    events: dict[str, int] = field(default_factory=dict)  # by type name
+    rejected: dict[str, int] = field(default_factory=dict)  # events by reason
+    rejected_blocks: int = 0  # blocks of rejected events
+    unknown_removed: int = 0  # removals of hashes the endpoint does not hold (joined late)
+    evicted: dict[str, int] = field(default_factory=dict)  # by reason, during this apply
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """Sizes, for metrics and /v1/pods."""
+
+    endpoints: int
+    contexts: int
+    keys: int  # distinct blocks
+    entries: int  # (block, endpoint) pairs
+    engine_hashes: int
+    bytes_estimate: int
+
+
+UNKNOWN_PARENT: Final = "unknown_parent"
+STORED: Final = "BlockStored"
+REMOVED: Final = "BlockRemoved"
+CLEARED: Final = "AllBlocksCleared"
+# Bytes per structure, measured with benchmarks/index_bench.py (RSS growth); an estimate only.
+_BYTES_PER_KEY: Final = 200
+_BYTES_PER_ENGINE_HASH: Final = 110
+
+
+class PrefixIndex:
+    """Contexts, holders and the longest-prefix lookup; see the module docstring."""
+
+    def __init__(
+        self,
+        limits: Limits = Limits(),  # frozen, so one shared default is safe
+        medium_weights: Mapping[str, float] = DEFAULT_MEDIUM_WEIGHTS,
+        default_block_size: int = 16,
+    ) -> None:
+        self.limits = limits
+        self.medium_weights = dict(medium_weights)
+        self.default_block_size = default_block_size
+        self.evictions: dict[str, int] = {}
+        self._contexts: OrderedDict[ContextKey, Context] = OrderedDict()  # least recent first
+        self._sizes: dict[tuple[str, Adapter], list[int]] = {}  # block sizes per context
+        self._slot_of: dict[EndpointId, int] = {}
+        self._endpoint_at: list[EndpointId | None] = []
+        self._free: list[int] = []  # freed slots, smallest reused first: masks stay small
+        self._pod_mask: dict[str, int] = {}
+        self._in: dict[int, set[ContextKey]] = {}  # slot -> contexts it stored into
+
+    # -- writes -------------------------------------------------------------------------
+
+    def apply(
+        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+    ) -> ApplyOutcome:
+        """Apply one batch's events of ``endpoint`` in order."""
+        out = ApplyOutcome()
+        slot = self._slot(endpoint)
+        for event in events:
+            if isinstance(event, BlockStored):
+                name = STORED
+                self._stored(slot, context, event, now, out)
+            elif isinstance(event, BlockRemoved):
+                name = REMOVED
+                self._removed(slot, event, now, out)
+            elif isinstance(event, AllBlocksCleared):
+                name = CLEARED
+                out.removed_blocks += self._clear(slot)
+                out.cleared += 1
+            out.events[name] = out.events.get(name, 0) + 1
+        self._expire(now, out.evicted)
+        return out
+
+    def drop_endpoint(self, endpoint: EndpointId) -> int:
+        """Forget everything ``endpoint`` holds, in every context; returns blocks dropped."""
+        slot = self._slot_of.pop(endpoint, None)
+        if slot is None:
+            return 0
+        dropped = self._clear(slot)
+        self._in.pop(slot, None)
+        self._endpoint_at[slot] = None
+        mask = self._pod_mask[endpoint.pod] & ~(1 << slot)
+        if mask:
+            self._pod_mask[endpoint.pod] = mask
+        else:
+            del self._pod_mask[endpoint.pod]
+        heappush(self._free, slot)
+        return dropped
+
+    def _stored(
+        self, slot: int, ec: EndpointContext, event: BlockStored, now: float, out: ApplyOutcome
+    ) -> None:
+        n_blocks = len(event.block_hashes)
+        if not n_blocks:
+            return
+        adapter: Adapter = event.lora_name
+        if adapter is None:
+            adapter = event.lora_id if event.lora_id is not None else ec.lora_id
+        ctx_key = (ec.model, adapter, event.block_size)
+        ctx = self._contexts.get(ctx_key)
+        parent = keys.ROOT
+        if event.parent_block_hash is not None:
+            found = None if ctx is None else ctx.resolve(slot, event.parent_block_hash)
+            if found is None:
+                out.rejected[UNKNOWN_PARENT] = out.rejected.get(UNKNOWN_PARENT, 0) + 1
+                out.rejected_blocks += n_blocks
+                return
+            parent = found
+        if ctx is None:
+            ctx = self._new_context(ctx_key, now, out.evicted)
+        else:
+            self._contexts.move_to_end(ctx_key)
+            ctx.last_used = now
+        extras = None
+        if event.extra_keys is not None and any(event.extra_keys):
+            extras = [keys.normalise_extras(e, event.lora_name) for e in event.extra_keys]
+        chain = keys.chain(
+            parent, keys.token_view(event.token_ids), event.block_size, n_blocks, extras
+        )
+        copy = (event.medium or GPU, event.group_idx or 0)
+        out.stored_blocks += ctx.store(slot, parent, event.block_hashes, chain, copy)
+        self._in.setdefault(slot, set()).add(ctx_key)
+        limit = self.limits.max_keys_per_context
+        if len(ctx.held) > limit:
+            evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK))
+            self._count("max_keys", evicted, out.evicted)
+
+    def _removed(self, slot: int, event: BlockRemoved, now: float, out: ApplyOutcome) -> None:
+        copy = (event.medium or GPU, event.group_idx or 0)
+        mine = [(k, self._contexts[k]) for k in self._in.get(slot, ())]
+        for engine_hash in event.block_hashes:
+            for ctx_key, ctx in mine:
+                key = ctx.resolve(slot, engine_hash)
+                if key is not None:
+                    out.removed_blocks += ctx.remove(slot, engine_hash, key, copy)
+                    self._contexts.move_to_end(ctx_key)
+                    ctx.last_used = now
+                    break
+            else:
+                out.unknown_removed += 1
+
+    def _clear(self, slot: int) -> int:
+        dropped = 0
+        for ctx_key in self._in.pop(slot, set()):
+            ctx = self._contexts[ctx_key]
+            dropped += ctx.clear_slot(slot)
+            if not ctx.held and not ctx.engine:
+                self._drop_context(ctx_key)
+        return dropped
+
+    def _slot(self, endpoint: EndpointId) -> int:
+        slot = self._slot_of.get(endpoint)
+        if slot is None:
+            if self._free:
+                slot = heappop(self._free)
+                self._endpoint_at[slot] = endpoint
+            else:
+                slot = len(self._endpoint_at)
+                self._endpoint_at.append(endpoint)
+            self._slot_of[endpoint] = slot
+            self._pod_mask[endpoint.pod] = self._pod_mask.get(endpoint.pod, 0) | 1 << slot
+        return slot
+
+    def _new_context(self, ctx_key: ContextKey, now: float, evicted: dict[str, int]) -> Context:
+        while len(self._contexts) >= self.limits.max_contexts:
+            self._drop_context(next(iter(self._contexts)))
+            self._count("max_contexts", 1, evicted)
+        ctx = self._contexts[ctx_key] = Context(ctx_key[2], now)
+        self._sizes.setdefault(ctx_key[:2], []).append(ctx_key[2])
+        return ctx
+
+    def _drop_context(self, ctx_key: ContextKey) -> None:
+        ctx = self._contexts.pop(ctx_key)
+        for slot in ctx.engine:
+            self._in.get(slot, set()).discard(ctx_key)
+        sizes = self._sizes[ctx_key[:2]]
+        sizes.remove(ctx_key[2])
+        if not sizes:
+            del self._sizes[ctx_key[:2]]
+
+    def _expire(self, now: float, evicted: dict[str, int]) -> None:
+        deadline = now - self.limits.idle_ttl_seconds
+        while self._contexts:
+            ctx_key, ctx = next(iter(self._contexts.items()))
+            if ctx.last_used > deadline:
+                return
+            self._drop_context(ctx_key)
+            self._count("idle_ttl", 1, evicted)
+
+    def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
+        if n:
+            self.evictions[reason] = self.evictions.get(reason, 0) + n
+            evicted[reason] = evicted.get(reason, 0) + n
+
+    # -- reads --------------------------------------------------------------------------
+
+    def match(self, query: Query, now: float) -> MatchResult:
+        """Per endpoint, the leading blocks of ``query`` it holds (architecture.md §5)."""
+        self._expire(now, {})
+        adapter: Adapter = query.lora_name if query.lora_name is not None else query.lora_id
+        sizes = self._sizes.get((query.model, adapter))
+        if not sizes:
+            bs = self.default_block_size
+            return MatchResult(bs, len(query.token_ids) // bs, ())
+        allowed = (1 << len(self._endpoint_at)) - 1
+        if query.pods is not None:
+            allowed = 0
+            for pod in query.pods:
+                allowed |= self._pod_mask.get(pod, 0)
+        best: dict[int, Match] = {}
+        for bs in sizes:
+            ctx_key = (query.model, adapter, bs)
+            ctx = self._contexts[ctx_key]
+            self._contexts.move_to_end(ctx_key)
+            ctx.last_used = now
+            for match in self._match_context(ctx, query, allowed):
+                slot = self._slot_of[match.endpoint]
+                old = best.get(slot)
+                if old is None or (match.matched_tokens, match.score) > (
+                    old.matched_tokens,
+                    old.score,
+                ):
+                    best[slot] = match
+        matches = sorted(
+            best.values(),
+            key=lambda m: (-m.score, -m.matched_blocks, m.endpoint.pod, m.endpoint.dp_rank),
+        )
+        bs = matches[0].block_size if matches else sizes[0]
+        return MatchResult(bs, len(query.token_ids) // bs, matches)
+
+    def _match_context(self, ctx: Context, query: Query, allowed: int) -> list[Match]:
+        held_get = ctx.held.get
+        alive = allowed
+        runs: dict[int, int] = {}  # slot -> matched blocks
+        matched: list[int] = []  # keys of the blocks some endpoint still matches
+        position = 0
+        for chunk in keys.query_chunks(query.token_ids, ctx.block_size, query.cache_salt):
+            for key in chunk:
+                now_alive = held_get(key, 0) & alive
+                if now_alive != alive:
+                    for slot in slots_of(alive & ~now_alive):
+                        runs[slot] = position
+                    alive = now_alive
+                    if not alive:
+                        break
+                matched.append(key)
+                position += 1
+            if not alive:
+                break
+        if alive and matched:
+            for slot in slots_of(alive):
+                runs[slot] = position
+        return self._score(ctx, runs, matched)
+
+    def _score(self, ctx: Context, runs: dict[int, int], matched: list[int]) -> list[Match]:
+        weights = self.medium_weights
+        gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
+        odd = [(i, ctx.copies[k]) for i, k in enumerate(matched) if k in ctx.copies]
+        result = []
+        for slot, run in runs.items():
+            if not run:
+                continue
+            by_medium = {GPU: run}  # assume the plain copy, then correct the odd blocks
+            score = run * gpu_weight
+            bit = 1 << slot
+            for i, detail in odd:
+                if i >= run:
+                    break
+                media = {medium for (medium, _), mask in detail.items() if mask & bit}
+                by_medium[GPU] -= 1
+                for medium in media:
+                    by_medium[medium] = by_medium.get(medium, 0) + 1
+                score += max(weights.get(m, OTHER_MEDIUM_WEIGHT) for m in media) - gpu_weight
+            if not by_medium[GPU]:
+                del by_medium[GPU]
+            endpoint = self._endpoint_at[slot]
+            if endpoint is None:  # cannot happen: a slot holding blocks has an endpoint
+                continue
+            result.append(Match(endpoint, run, score, by_medium, ctx.block_size))
+        return result
+
+    def blocks_held(self, endpoint: EndpointId) -> int:
+        """Blocks ``endpoint`` holds (any medium or group), over every context."""
+        slot = self._slot_of.get(endpoint)
+        if slot is None:
+            return 0
+        return sum(self._contexts[k].counts.get(slot, 0) for k in self._in.get(slot, ()))
+
+    def stats(self) -> IndexStats:
+        """Sizes over every context."""
+        n_keys = sum(len(c.held) for c in self._contexts.values())
+        hashes = sum(len(h) for c in self._contexts.values() for h in c.engine.values())
+        return IndexStats(
+            endpoints=len(self._slot_of),
+            contexts=len(self._contexts),
+            keys=n_keys,
+            entries=sum(c.entries() for c in self._contexts.values()),
+            engine_hashes=hashes,
+            bytes_estimate=n_keys * _BYTES_PER_KEY + hashes * _BYTES_PER_ENGINE_HASH,
+        )
