@@ -25,6 +25,9 @@ VALIDATE_PIP="kubernetes-validate==1.37.0"
 say() { echo "tools.sh: $*" >&2; }
 
 mkdir -p "$BIN"
+# One installer at a time: parallel test sessions share the cache.
+exec 9>"$CACHE/.tools.lock"
+flock 9
 
 install_helm() {
     if [[ -x "$BIN/helm" ]] && echo "$HELM_SHA256  $BIN/helm" | sha256sum --check --status; then
