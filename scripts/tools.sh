@@ -12,7 +12,7 @@
 #                             helm template | kubernetes-validate --strict with the default values
 #                             and each charts/kvsync/ci/*.yaml, then hadolint Dockerfile
 #
-# Needs: python3 (with venv), npm, unzip, sha256sum.
+# Needs: python3 (with venv), npm, unzip, sha256sum, flock.
 set -euo pipefail
 
 CACHE="${KVSYNC_TOOLS_CACHE:-$HOME/.cache/kvsync-test}"
