@@ -93,6 +93,9 @@ class Fleet:
         self._library = PromptLibrary(mix, seed)
         self._sampler = QuerySampler(self._library, model=model, block_size=block_size, seed=seed)
         self._rng = random.Random(seed)  # noqa: S311  # a simulation, not cryptography
+        # Ports come from their own unseeded generator: a retry after a taken port must not shift
+        # the traffic sequence, and two processes with the same seed must not pick the same ports.
+        self._port_rng = random.Random()  # noqa: S311
         self._lock = threading.Lock()
         self._recent: deque[Request] = deque(maxlen=recent_requests)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -144,7 +147,7 @@ class Fleet:
     ) -> list[Publisher]:
         """The publishers of one pod, rank r on base + r (and base + 10 + r for replay)."""
         for _ in range(_BIND_ATTEMPTS if base is None else 1):
-            start = self._rng.randrange(20_000, 60_000) if base is None else base
+            start = self._port_rng.randrange(20_000, 60_000) if base is None else base
             publishers: list[Publisher] = []
             try:
                 for rank in range(dp_size):

@@ -316,6 +316,19 @@ def test_fleet_stream_over_the_wire_implies_the_ground_truth(ctx: Context) -> No
             sub.close()
 
 
+def test_fleet_is_deterministic_given_its_seed() -> None:
+    def run(seed: int) -> tuple[list[int], list[SimQuery], list[dict[EndpointId, int]]]:
+        with Fleet(pods=3, num_blocks=64, seed=seed) as fleet:
+            stored = [fleet.step(5) for _ in range(30)]
+            queries = [fleet.sample_query() for _ in range(30)]
+            return stored, queries, [fleet.ground_truth(q) for q in queries]
+
+    first = run(8)
+    assert run(8) == first
+    assert run(9) != first
+    assert any(first[2])
+
+
 def test_fleet_restart_forgets_and_starts_over(ctx: Context) -> None:
     with Fleet(pods=1, dp_sizes=(1,), seed=2) as fleet:
         endpoint = fleet.ids[0]
