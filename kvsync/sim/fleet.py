@@ -25,24 +25,22 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import zmq
 
 from kvsync.model import BlockStored, EndpointId, Event
 from kvsync.model import Endpoint as DaemonEndpoint
+from kvsync.sim import ports
 from kvsync.sim.engine import Engine
 from kvsync.sim.eras import Era
 from kvsync.sim.publisher import Publisher
 from kvsync.sim.records import Adapter, Request, SimError, SimQuery
-from kvsync.sim.sockets import AddressInUseError
+from kvsync.sim.traffic import Traffic
 from kvsync.sim.workload import Mix, PromptLibrary, QuerySampler, Workload
 
 DEFAULT_ADAPTER = Adapter(1, "sql-adapter")
-REPLAY_PORT_OFFSET = 10
-POD_PORT_STRIDE = 20
-_BIND_ATTEMPTS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +99,7 @@ class Fleet:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._endpoints: dict[EndpointId, SimEndpoint] = {}
         self._daemon_endpoints: list[DaemonEndpoint] = []
-        self._traffic: threading.Thread | None = None
-        self._stop_traffic = threading.Event()
-        self._traffic_failure: BaseException | None = None
+        self._traffic: Traffic | None = None
         try:
             for index in range(pods):
                 pod = f"{name_prefix}{index}"
@@ -124,11 +120,12 @@ class Fleet:
                         ctx=self._ctx,
                     )
 
-                publishers = self._bind_pod(
+                publishers = ports.bind_pod(
                     make,
                     dp_size=dp_sizes[index % len(dp_sizes)],
-                    base=None if base_port is None else base_port + POD_PORT_STRIDE * index,
+                    base=None if base_port is None else base_port + ports.POD_PORT_STRIDE * index,
                     replay=replay,
+                    rng=self._port_rng,
                 )
                 for rank, publisher in enumerate(publishers):
                     self._add(EndpointId(pod, rank), publisher, salts=era is not Era.V0_10_1)
@@ -137,34 +134,6 @@ class Fleet:
             raise
 
     # --- wiring --------------------------------------------------------------------------------
-    def _bind_pod(
-        self,
-        make: Callable[[int, int, int | None], Publisher],
-        *,
-        dp_size: int,
-        base: int | None,
-        replay: bool,
-    ) -> list[Publisher]:
-        """The publishers of one pod, rank r on base + r (and base + 10 + r for replay)."""
-        for _ in range(_BIND_ATTEMPTS if base is None else 1):
-            start = self._port_rng.randrange(20_000, 60_000) if base is None else base
-            publishers: list[Publisher] = []
-            try:
-                for rank in range(dp_size):
-                    replay_port = start + REPLAY_PORT_OFFSET + rank if replay else None
-                    publishers.append(make(rank, start + rank, replay_port))
-            except AddressInUseError:
-                for publisher in publishers:
-                    publisher.close()
-                if base is not None:
-                    raise
-                continue
-            except BaseException:
-                for publisher in publishers:
-                    publisher.close()
-                raise
-            return publishers
-        raise SimError(f"no free ports for a pod after {_BIND_ATTEMPTS} attempts")
 
     def _add(self, endpoint_id: EndpointId, publisher: Publisher, *, salts: bool) -> None:
         # Salted requests only where the era publishes extra keys (vLLM >= 0.17): before that a
@@ -205,20 +174,7 @@ class Fleet:
 
     def endpoint_specs(self) -> list[str]:
         """The same as ``kvsync serve --endpoint`` specs (one per pod, ``dp_size`` when > 1)."""
-        specs = []
-        for endpoint in self._daemon_endpoints:
-            if endpoint.id.dp_rank:
-                continue
-            ranks = sum(1 for e in self._daemon_endpoints if e.id.pod == endpoint.id.pod)
-            spec = f"name={endpoint.id.pod},model={endpoint.model},pub={endpoint.pub}"
-            if endpoint.replay:
-                spec += f",replay={endpoint.replay}"
-            if ranks > 1:
-                spec += f",dp_size={ranks}"
-            if endpoint.topic:
-                spec += f",topic={endpoint.topic}"
-            specs.append(spec)
-        return specs
+        return ports.endpoint_specs(self._daemon_endpoints)
 
     def publisher(self, endpoint: EndpointId) -> Publisher:
         return self._endpoints[endpoint].publisher
@@ -277,40 +233,17 @@ class Fleet:
         self, *, requests_per_s: float | None = None, blocks_per_s: float | None = None
     ) -> None:
         """Drive traffic from a background thread at one of the two rates, until ``stop()``."""
-        if (requests_per_s is None) == (blocks_per_s is None) or (
-            requests_per_s or blocks_per_s or 0
-        ) <= 0:
-            raise SimError("give exactly one positive rate: requests_per_s or blocks_per_s")
         if self._traffic is not None:
             raise SimError("traffic is already running")
-        self._stop_traffic.clear()
-        self._traffic = threading.Thread(
-            target=self._drive, args=(requests_per_s, blocks_per_s), name="sim-fleet-traffic"
-        )
-        self._traffic.start()
+        traffic = Traffic(self.step, requests_per_s=requests_per_s, blocks_per_s=blocks_per_s)
+        traffic.start()
+        self._traffic = traffic
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the traffic thread (if any); re-raise what made it fail."""
-        thread, self._traffic = self._traffic, None
-        if thread is not None:
-            self._stop_traffic.set()
-            thread.join(timeout)
-            if thread.is_alive():
-                raise SimError("fleet traffic thread did not stop")
-        failure, self._traffic_failure = self._traffic_failure, None
-        if failure is not None:
-            raise SimError(f"fleet traffic failed: {failure!r}") from failure
-
-    def _drive(self, requests_per_s: float | None, blocks_per_s: float | None) -> None:
-        due = time.monotonic()
-        try:
-            while not self._stop_traffic.wait(max(0.0, due - time.monotonic())):
-                stored = self.step()
-                cost = 1 / requests_per_s if requests_per_s else stored / (blocks_per_s or 1)
-                # Never owe more than a second: after a stall, resume the rate, do not burst.
-                due = max(due + cost, time.monotonic() - 1.0)
-        except Exception as exc:  # noqa: BLE001  # thread guard: re-raised by stop()
-            self._traffic_failure = exc
+        traffic, self._traffic = self._traffic, None
+        if traffic is not None:
+            traffic.stop(timeout)
 
     def _run(self, sim: SimEndpoint, request: Request) -> int:
         events = sim.engine.run(request)

@@ -360,6 +360,8 @@ def test_fleet_traffic_thread_runs_at_a_rate_and_stops(ctx: Context) -> None:
         fleet.stop()
         fleet.flush()
         assert [fleet.publisher(e).stats.sent for e in fleet.ids] >= sent
+        fleet.start(requests_per_s=1000)  # close() stops a running traffic thread too
+    assert not [t for t in threading.enumerate() if t.name.startswith("sim-")]
 
 
 def test_fleet_fixed_base_port_layout() -> None:
