@@ -22,13 +22,14 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn
 
-from kvsync import specs
+from kvsync import index, specs
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint
 
 ENV_PREFIX: Final = "KVSYNC_"
 REDACTED: Final = "<redacted>"
 DEFAULT_MEDIUM_WEIGHTS: Final = {"GPU": 1.0, "CPU": 0.8, "*": 0.5}
+_LIMITS: Final = index.Limits()
 
 DiscoveryMode = Literal["kubernetes", "static"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -60,11 +61,11 @@ class Settings:
     medium_weights: Mapping[str, float] = field(
         default_factory=lambda: MappingProxyType(dict(DEFAULT_MEDIUM_WEIGHTS))
     )
-    # Provisional until index.Limits lands; then these read its defaults.
-    max_contexts: int = 1000
-    max_prefixes_per_context: int = 100_000
+    max_contexts: int = _LIMITS.max_contexts
+    max_prefixes_per_context: int = _LIMITS.max_keys_per_context
+    # Accepted for AIBrix compatibility; the index evicts as events arrive, not on a timer.
     eviction_interval_seconds: float = 60.0
-    idle_ttl_seconds: float = 1200.0
+    idle_ttl_seconds: float = _LIMITS.idle_ttl_seconds
     replay_timeout_seconds: float = 5.0
     replay_cooldown_seconds: float = 30.0
     drain_seconds: float = 5.0

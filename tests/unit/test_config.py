@@ -3,7 +3,8 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kvsync import cli, config
+
+from kvsync import cli, config, index
 from kvsync.errors import ConfigError
 from kvsync.model import EndpointId
 
@@ -29,6 +30,11 @@ def test_defaults_match_the_contract() -> None:
     assert settings.max_query_tokens == 1_000_000
     assert settings.default_block_size == 16
     assert dict(settings.medium_weights) == {"GPU": 1.0, "CPU": 0.8, "*": 0.5}
+    limits = index.Limits()  # the index owns its defaults
+    assert settings.max_contexts == limits.max_contexts
+    assert settings.max_prefixes_per_context == limits.max_keys_per_context
+    assert settings.idle_ttl_seconds == limits.idle_ttl_seconds
+    assert settings.eviction_interval_seconds == 60.0
     assert (settings.replay_timeout_seconds, settings.replay_cooldown_seconds) == (5.0, 30.0)
     assert (settings.drain_seconds, settings.stop_timeout_seconds) == (5.0, 5.0)
     assert (settings.log_level, settings.log_format) == ("info", "json")

@@ -1,0 +1,121 @@
+"""A real uvicorn server on 127.0.0.1 serving kvsync's API over a real PrefixIndex (test helper)."""
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from kvsync import api, index, metrics, schemas, server
+from kvsync.model import BlockStored, EndpointId
+
+MODEL = "llama"
+BLOCK = 4
+
+
+@dataclass
+class FakeHealth:
+    """Probe answers the test flips."""
+
+    is_live: bool = True
+    is_ready: bool = True
+    reason: str = "stopping"
+
+    def live(self) -> bool:
+        return self.is_live
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def not_ready_reason(self) -> str:
+        return self.reason
+
+
+@dataclass
+class Harness:
+    url: str
+    port: int
+    index: index.PrefixIndex
+    lock: threading.Lock
+    health: FakeHealth
+    ages: dict[EndpointId, float] = field(default_factory=dict)
+
+
+def store(
+    prefix_index: index.PrefixIndex,
+    endpoint: EndpointId,
+    tokens: Sequence[int],
+    *,
+    model: str = MODEL,
+    medium: str = "GPU",
+    lora_name: str | None = None,
+    first_hash: int = 1,
+    block_size: int = BLOCK,
+) -> None:
+    """``endpoint`` stores the full blocks of ``tokens`` as one chain from the root."""
+    blocks = len(tokens) // block_size
+    event = BlockStored(
+        block_hashes=[first_hash + i for i in range(blocks)],
+        parent_block_hash=None,
+        token_ids=list(tokens[: blocks * block_size]),
+        block_size=block_size,
+        medium=medium,
+        lora_name=lora_name,
+    )
+    context = index.EndpointContext(model=model, lora_id=None)
+    prefix_index.apply(endpoint, context, [event], time.monotonic())  # the clock match() uses
+
+
+def pod_status(endpoint: EndpointId, blocks: int) -> schemas.PodStatus:
+    return schemas.PodStatus(
+        pod=endpoint.pod,
+        dp_rank=endpoint.dp_rank,
+        model=MODEL,
+        pub=f"tcp://127.0.0.1:{5557 + endpoint.dp_rank}",
+        replay=None,
+        state="live",
+        last_seq=41,
+        last_event_age_s=0.5,
+        blocks=blocks,
+        gaps=0,
+        replays=1,
+        resets=0,
+        decode_errors=0,
+    )
+
+
+@contextmanager
+def running_api(
+    prefix_index: index.PrefixIndex | None = None,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = 16 * 1024 * 1024,
+    max_query_tokens: int = 1_000_000,
+    pods: Sequence[schemas.PodStatus] = (),
+    snapshot: metrics.Snapshot | None = None,
+    ages: Mapping[EndpointId, float] | None = None,
+) -> Iterator[Harness]:
+    """Serve the API on a free port for the duration of the block; the server must stop."""
+    used = index.PrefixIndex() if prefix_index is None else prefix_index
+    lock = threading.Lock()
+    health = FakeHealth()
+    harness_ages = dict(ages or {})
+    app = api.create_app(
+        api.Api(
+            reader=api.IndexReader(used, lock),
+            pods=lambda: pods,
+            event_age=harness_ages.get,
+            health=health,
+            registry=metrics.registry(None if snapshot is None else lambda: snapshot),
+            settings=api.ApiSettings(
+                max_body_bytes=max_body_bytes, max_query_tokens=max_query_tokens, api_token=token
+            ),
+        )
+    )
+    http = server.HttpServer(app, "127.0.0.1", 0)
+    http.start()
+    assert http.wait_started(), "uvicorn did not start"
+    try:
+        yield Harness(http.url, http.port, used, lock, health, harness_ages)
+    finally:
+        assert http.stop(5.0), "uvicorn did not stop within 5 s"

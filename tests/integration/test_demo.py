@@ -1,0 +1,51 @@
+"""``kvsync demo --duration 10``: a bounded run whose sampled answers agree with ground truth."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SUMMARY = re.compile(
+    r"^summary samples=(?P<samples>\d+) agreed=(?P<agreed>\d+) disagreed=(?P<disagreed>\d+) "
+    r"endpoints=(?P<endpoints>\d+) seconds=(?P<seconds>[\d.]+)$"
+)
+
+
+def test_bounded_demo_run_agrees_with_ground_truth() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kvsync", "demo", "--duration", "10", "--http-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("kvsync HTTP API on http://127.0.0.1:")
+    assert lines[1].startswith("try: curl -s http://127.0.0.1:")
+    assert "/v1/match -H 'content-type: application/json' -d '{\"model\": " in lines[1]
+    assert any(line.startswith("t=") and "[live=5]" in line for line in lines), lines
+    summary = SUMMARY.match(lines[-1])
+    assert summary is not None, lines[-1]
+    assert int(summary["samples"]) >= 2  # one every 3 s over 10 s
+    assert summary["agreed"] == summary["samples"]
+    assert summary["disagreed"] == "0"
+    assert summary["endpoints"] == "5"  # 4 pods, one with 2 DP ranks
+    samples = [line for line in lines if line.startswith("sample ")]
+    assert len(samples) == int(summary["samples"])
+    assert all("agrees with ground truth" in line for line in samples)
+
+
+def test_bad_options_exit_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kvsync", "demo", "--pods", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "kvsync demo: --pods must be >= 1 and --duration > 0\n"
