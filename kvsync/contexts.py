@@ -73,7 +73,10 @@ class Context:
         bit = 1 << slot
         held, copies, engine = self.held, self.copies, self.engine.setdefault(slot, {})
         new = 0
-        for engine_hash, key in zip(hashes, keys, strict=True):
+        # Deepest block first, so that inside one chain an ancestor is always more recent than
+        # its descendants and LRU eviction meets the leaves first.
+        for i in range(len(keys) - 1, -1, -1):
+            key, engine_hash = keys[i], hashes[i]
             previous = engine.get(engine_hash)
             if previous != key:
                 if previous is not None:  # the engine reused a hash for other tokens
@@ -82,8 +85,9 @@ class Context:
             mask = held.pop(key, 0)
             held[key] = mask | bit
             if not mask:
-                self.parent[key] = parent
-                self.children[parent] = self.children.get(parent, 0) + 1
+                up = keys[i - 1] if i else parent
+                self.parent[key] = up
+                self.children[up] = self.children.get(up, 0) + 1
             if copy != PLAIN or key in copies:
                 detail = copies.get(key)
                 if detail is None:
@@ -91,7 +95,6 @@ class Context:
                 detail[copy] = detail.get(copy, 0) | bit
             if not mask & bit:
                 new += 1
-            parent = key
         if new:
             self.counts[slot] = self.counts.get(slot, 0) + new
         return new
@@ -143,20 +146,20 @@ class Context:
     def evict_lru(self, target: int) -> int:
         """Evict least recently stored leaf keys until at most ``target`` remain; returns how
         many. An inner key met on the way moves to the recent end: its subtree was used at
-        least as recently as itself."""
+        least as recently as itself (its descendants arrived through a later parent link)."""
         held, children = self.held, self.children
-        evicted = 0
+        evicted = spared = 0
         while len(held) > target:
-            before = evicted
             for key in list(islice(held, len(held) - target)):
-                if children.get(key):
+                # spared > len(held): every key was an ancestor, which only a 64-bit key
+                # collision (a cycle) can cause; evict anyway rather than spin
+                if children.get(key) and spared <= len(held):
                     held[key] = held.pop(key)
+                    spared += 1
                 else:
                     self._evict(key)
                     evicted += 1
-            if evicted == before:  # only a 64-bit key collision can make a cycle; never spin
-                self._evict(next(iter(held)))
-                evicted += 1
+                    spared = 0
         if self.dangling > len(held):
             self._sweep()
         return evicted
