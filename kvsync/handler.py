@@ -15,8 +15,8 @@ Rules (docs/architecture.md, "Sequence, replay, restart"):
   endpoint's state and apply the live batch.
 * While replaying, live batches are held (at most ``max_held``, the oldest dropped first: the
   replay most likely covers those). After the end marker they are applied in order, and every held
-  batch with ``seq <= last`` is skipped: replay and live overlap. A gap that remains after the
-  replay is a hole (the replay could not fill it): drop state and go on.
+  batch with ``seq <= last`` is skipped: replay and live overlap. A gap left before the held
+  batches asks for one follow-up replay; if that brings nothing, it is a hole: drop state.
 * First replayed ``seq`` greater than requested, or a gap inside the replay: the publisher's buffer
   no longer covers the hole: drop state, then apply the replayed batches (they are true).
 * Live ``seq <= last`` outside a replay (or a held batch whose seq is not above the previous held
@@ -28,24 +28,21 @@ Rules (docs/architecture.md, "Sequence, replay, restart"):
 A new replay request supersedes the one in flight: its ``ticket`` changes and replies carrying an
 older ticket are ignored, so a late reply can never be applied twice.
 
-A BlockStored whose parent block is unknown asks for no replay: it comes with no sequence gap (the
-engine published a chain whose parent was stored before we joined, or whose parent event is older
-than the replay buffer), so a replay would return nothing we have not seen. The index counts such
-chains and never roots them; they become reachable when their parent is stored again.
-
-States: ``connecting`` (nothing applied, no replay in flight), ``replaying``, ``live``, ``reset``
-(live, but the state was dropped after an unrecoverable loss: blocks cached before it are unknown
-until the engine stores them again; a stream that then starts again at seq 0 makes it ``live``).
+A BlockStored whose parent block is unknown asks for no replay: it comes with no sequence gap (its
+parent was stored before we joined, or before the replay buffer's oldest batch), so a replay
+would return nothing new. The index counts such chains and never roots them.
 """
 
-import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
-from kvsync.errors import Reason
+from kvsync import ingest
 from kvsync.model import Batch, BlockRemoved, BlockStored, EndpointId, Event, ReplayEnd
+
+Settings = ingest.ReplaySettings  # the handler's knobs, under the name its callers know
+_DEFAULTS: Final = ingest.ReplaySettings()
 
 ContextT = TypeVar("ContextT")
 ContextT_contra = TypeVar("ContextT_contra", contravariant=True)
@@ -65,67 +62,6 @@ class IndexWriter(Protocol[ContextT_contra]):
         ...
 
 
-class State(enum.StrEnum):
-    CONNECTING = "connecting"
-    REPLAYING = "replaying"
-    LIVE = "live"
-    RESET = "reset"
-
-
-class ResetReason(enum.StrEnum):
-    """Why an endpoint's state was dropped: the metric label and the log field."""
-
-    RESTART = "restart"  # seq went backwards: a new engine process
-    HOLE = "hole"  # the replay buffer no longer covers the gap
-    GAP = "gap"  # a gap with no replay to fill it (no replay address, or cooling down)
-    REPLAY_FAILED = "replay_failed"  # the replay missed its deadline and the gap remained
-
-
-class ReplayResult(enum.StrEnum):
-    OK = "ok"  # the end marker arrived and the replay filled the gap
-    HOLE = "hole"  # the end marker arrived but the buffer no longer covered the gap
-    FAILED = "failed"  # no end marker before the deadline
-
-
-class Instant(NamedTuple):
-    """A point in time: ``mono`` (time.monotonic) for deadlines and the index, ``wall``
-    (time.time) for lag, since batch timestamps are the publisher's wall clock."""
-
-    mono: float
-    wall: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRequest:
-    """Send ``[b"", start (8-byte BE)]`` on a fresh DEALER; tag its replies with ``ticket``."""
-
-    start: int
-    ticket: int
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one input caused. Defaults mean "nothing"; tuples stay empty on the hot path."""
-
-    replay: ReplayRequest | None = None  # a new request, superseding any in flight
-    replay_abandoned: bool = False  # the in-flight replay is over without an end marker
-    gaps: int = 0
-    resets: tuple[ResetReason, ...] = ()
-    replays: tuple[ReplayResult, ...] = ()
-    batches: int = 0
-    stored_events: int = 0
-    removed_events: int = 0
-    cleared_events: int = 0
-    stored_blocks: int = 0
-    removed_blocks: int = 0
-    dropped_blocks: int = 0  # blocks forgotten by resets
-    rejected: tuple[Reason, ...] = ()  # events of applied batches the decoder rejected
-    duplicates: int = 0  # held batches skipped because the replay already applied them
-    held_dropped: int = 0  # held batches discarded because the hold buffer was full
-    stale_replies: int = 0  # replay replies of a superseded or finished request
-    lags: list[float] = field(default_factory=list)  # wall now - batch ts, per live batch applied
-
-
 @dataclass(slots=True)
 class _Replay:
     start: int
@@ -138,13 +74,6 @@ class _Replay:
     held: deque[Batch] = field(default_factory=deque)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    replay_timeout_s: float = 5.0
-    replay_cooldown_s: float = 30.0
-    max_held: int = 4096
-
-
 class EndpointHandler(Generic[ContextT]):
     """The sequence state of one endpoint; see the module docstring for the rules."""
 
@@ -155,15 +84,11 @@ class EndpointHandler(Generic[ContextT]):
         writer: IndexWriter[ContextT],
         *,
         has_replay: bool,
-        settings: Settings = Settings(),  # frozen: one shared default is safe
+        settings: ingest.ReplaySettings = _DEFAULTS,
     ) -> None:
-        self.endpoint = endpoint
-        self.context = context
-        self.has_replay = has_replay
+        self.endpoint, self.context, self.has_replay = endpoint, context, has_replay
         self.settings = settings
-        self.gaps = 0
-        self.resets = 0
-        self.replays = 0  # replay requests sent
+        self.gaps = self.resets = self.replays = 0  # replays: requests sent
         self._writer = writer
         self._last: int | None = None
         self._partial = False  # state was dropped and the history before it is unknown
@@ -172,57 +97,59 @@ class EndpointHandler(Generic[ContextT]):
         self._cooldown_until = float("-inf")
 
     @property
-    def state(self) -> State:
+    def state(self) -> ingest.State:
         if self._replay is not None:
-            return State.REPLAYING
+            return ingest.State.REPLAYING
         if self._last is None:
-            return State.CONNECTING
-        return State.RESET if self._partial else State.LIVE
+            return ingest.State.CONNECTING
+        return ingest.State.RESET if self._partial else ingest.State.LIVE
 
     @property
-    def last_seq(self) -> int | None:
-        """The last applied seq (None before any)."""
+    def last_seq(self) -> int | None:  # None before any batch was applied
         return self._last
 
     @property
-    def replay_deadline(self) -> float | None:
-        """Monotonic deadline of the replay in flight, if any."""
+    def replay_deadline(self) -> float | None:  # monotonic, of the replay in flight
         return None if self._replay is None else self._replay.deadline
 
-    def start(self, now: Instant) -> Outcome:
+    def start(self, now: ingest.Instant) -> ingest.Outcome:
         """Warm start: ask for the publisher's whole buffer before any live message arrives."""
-        out = Outcome()
+        out = ingest.Outcome()
         if self._can_replay(now):
             self._request_replay(0, now, out)
         return out
 
-    def on_live(self, batch: Batch, now: Instant) -> Outcome:
-        out = Outcome()
+    def on_live(self, batch: Batch, now: ingest.Instant) -> ingest.Outcome:
+        out = ingest.Outcome()
         if self._replay is None:
             may_replay = self._can_replay(now)
-            self._live(batch, now, out, may_replay=may_replay, gap_reason=ResetReason.GAP)
+            self._live(batch, now, out, may_replay=may_replay, gap_reason=ingest.ResetReason.GAP)
         else:
             self._hold(batch, now, out)
         return out
 
-    def on_replay(self, ticket: int, item: Batch | ReplayEnd, now: Instant) -> Outcome:
-        out = Outcome()
+    def on_replay(
+        self, ticket: int, item: Batch | ReplayEnd, now: ingest.Instant
+    ) -> ingest.Outcome:
+        out = ingest.Outcome()
         replay = self._replay
         if replay is None or ticket != replay.ticket:
             out.stale_replies = 1
         elif isinstance(item, ReplayEnd):
-            self._finish(ReplayResult.HOLE if replay.hole else ReplayResult.OK, now, out)
+            self._finish(
+                ingest.ReplayResult.HOLE if replay.hole else ingest.ReplayResult.OK, now, out
+            )
         else:
             self._replayed(replay, item, now, out)
         return out
 
-    def on_tick(self, now: Instant) -> Outcome | None:
+    def on_tick(self, now: ingest.Instant) -> ingest.Outcome | None:
         """Fail the replay in flight if its deadline has passed; None when nothing happened."""
         replay = self._replay
         if replay is None or now.mono < replay.deadline:
             return None
-        out = Outcome(replay_abandoned=True)
-        self._finish(ReplayResult.FAILED, now, out)
+        out = ingest.Outcome(replay_abandoned=True)
+        self._finish(ingest.ReplayResult.FAILED, now, out)
         return out
 
     def close(self) -> int:
@@ -233,17 +160,17 @@ class EndpointHandler(Generic[ContextT]):
 
     # -- rules -------------------------------------------------------------------------------
 
-    def _can_replay(self, now: Instant) -> bool:
+    def _can_replay(self, now: ingest.Instant) -> bool:
         return self.has_replay and now.mono >= self._cooldown_until
 
     def _live(
         self,
         batch: Batch,
-        now: Instant,
-        out: Outcome,
+        now: ingest.Instant,
+        out: ingest.Outcome,
         *,
         may_replay: bool,
-        gap_reason: ResetReason,
+        gap_reason: ingest.ResetReason,
         in_held: bool = False,
     ) -> None:
         """One live batch outside a replay; ``in_held`` for the batches held during one."""
@@ -271,16 +198,16 @@ class EndpointHandler(Generic[ContextT]):
         else:
             self._restart(batch, now, out)
 
-    def _restart(self, batch: Batch, now: Instant, out: Outcome) -> None:
+    def _restart(self, batch: Batch, now: ingest.Instant, out: ingest.Outcome) -> None:
         self._replay = None
-        self._drop(ResetReason.RESTART, out)
+        self._drop(ingest.ResetReason.RESTART, out)
         if batch.seq != 0 and self._can_replay(now):
             self._request_replay(0, now, out)
             self._hold(batch, now, out)
         else:
             self._apply(batch, now, out, live=True)
 
-    def _hold(self, batch: Batch, now: Instant, out: Outcome) -> None:
+    def _hold(self, batch: Batch, now: ingest.Instant, out: ingest.Outcome) -> None:
         replay = self._replay
         assert replay is not None  # noqa: S101  # callers hold only while replaying
         held = replay.held
@@ -293,60 +220,64 @@ class EndpointHandler(Generic[ContextT]):
         held.append(batch)
 
     def _request_replay(
-        self, start: int, now: Instant, out: Outcome, *, followup: bool = False
+        self, start: int, now: ingest.Instant, out: ingest.Outcome, *, followup: bool = False
     ) -> None:
         self._ticket += 1
         self.replays += 1
         deadline = now.mono + self.settings.replay_timeout_s
         self._replay = _Replay(start, self._ticket, deadline, followup)
-        out.replay = ReplayRequest(start, self._ticket)
+        out.replay = ingest.ReplayRequest(start, self._ticket)
 
-    def _replayed(self, replay: _Replay, batch: Batch, now: Instant, out: Outcome) -> None:
+    def _replayed(
+        self, replay: _Replay, batch: Batch, now: ingest.Instant, out: ingest.Outcome
+    ) -> None:
         last, seq = self._last, batch.seq
         if replay.first:
             replay.first = False
             if seq > replay.start and last is not None:
                 replay.hole = True
-                self._drop(ResetReason.HOLE, out)
+                self._drop(ingest.ResetReason.HOLE, out)
         elif last is not None and seq > last + 1:
             out.gaps += 1  # a seq the publisher never managed to send: a permanent hole
             self.gaps += 1
             replay.hole = True
-            self._drop(ResetReason.HOLE, out)
+            self._drop(ingest.ResetReason.HOLE, out)
         if self._last is not None and seq <= self._last:
             out.duplicates += 1
             return
         replay.applied += 1
         self._apply(batch, now, out, live=False)
 
-    def _finish(self, result: ReplayResult, now: Instant, out: Outcome) -> None:
+    def _finish(
+        self, result: ingest.ReplayResult, now: ingest.Instant, out: ingest.Outcome
+    ) -> None:
         replay = self._replay
         assert replay is not None  # noqa: S101  # only called while replaying
         self._replay = None
         out.replays = (*out.replays, result)
-        if result is ReplayResult.FAILED:
+        if result is ingest.ReplayResult.FAILED:
             self._cooldown_until = now.mono + self.settings.replay_cooldown_s
-            reason = ResetReason.REPLAY_FAILED
+            reason = ingest.ResetReason.REPLAY_FAILED
         else:
-            reason = ResetReason.HOLE
+            reason = ingest.ResetReason.HOLE
         # A gap left between the replay and the held batches (lost after the publisher answered):
         # another replay may fill it. A follow-up that brought nothing asks for no further one,
         # so replays that return nothing cannot loop.
         may_replay = self._can_replay(now) and (replay.applied > 0 or not replay.followup)
         for batch in replay.held:
-            if self.state is State.REPLAYING:  # the follow-up: hold the rest for it
+            if self.state is ingest.State.REPLAYING:  # the follow-up: hold the rest for it
                 self._hold(batch, now, out)
             else:
                 self._live(batch, now, out, may_replay=may_replay, gap_reason=reason, in_held=True)
 
-    def _drop(self, reason: ResetReason, out: Outcome) -> None:
+    def _drop(self, reason: ingest.ResetReason, out: ingest.Outcome) -> None:
         out.dropped_blocks += self._writer.drop_endpoint(self.endpoint)
         out.resets = (*out.resets, reason)
         self.resets += 1
         self._last = None
         self._partial = True
 
-    def _apply(self, batch: Batch, now: Instant, out: Outcome, *, live: bool) -> None:
+    def _apply(self, batch: Batch, now: ingest.Instant, out: ingest.Outcome, *, live: bool) -> None:
         events = batch.events
         if events:
             self._writer.apply(self.endpoint, self.context, events, now.mono)

@@ -1,18 +1,93 @@
-"""Ingest settings and counters as plain values, for metrics, ``GET /v1/pods`` and tests. Pure.
+"""The ingest pipeline's plain values: handler outcomes, settings, counters. Pure.
 
+``kvsync.handler`` returns ``Outcome`` values and takes ``Instant`` / ``ReplaySettings``;
 ``Totals`` is mutated by the ingest thread (``kvsync.subscribers``) under its stats lock;
 ``IngestStats`` / ``EndpointStats`` are the frozen copies other threads read. No prometheus_client
 here: the metrics layer turns a snapshot into metric families at scrape time. Raises nothing.
 """
 
+import enum
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kvsync.errors import Reason
-from kvsync.handler import Outcome
-from kvsync.handler import Settings as HandlerSettings
 from kvsync.model import Endpoint
+
+
+class State(enum.StrEnum):
+    """An endpoint's ingest state, as ``GET /v1/pods`` shows it."""
+
+    CONNECTING = "connecting"  # nothing applied yet, no replay in flight
+    REPLAYING = "replaying"
+    LIVE = "live"
+    # Live, but the state was dropped after an unrecoverable loss: blocks cached before it are
+    # unknown until stored again. A stream seen again from seq 0 makes the endpoint live.
+    RESET = "reset"
+
+
+class ResetReason(enum.StrEnum):
+    """Why an endpoint's state was dropped: the metric label and the log field."""
+
+    RESTART = "restart"  # seq went backwards: a new engine process
+    HOLE = "hole"  # the replay buffer no longer covers the gap
+    GAP = "gap"  # a gap with no replay to fill it (no replay address, or cooling down)
+    REPLAY_FAILED = "replay_failed"  # the replay missed its deadline and the gap remained
+
+
+class ReplayResult(enum.StrEnum):
+    OK = "ok"  # the end marker arrived and the replay filled the gap
+    HOLE = "hole"  # the end marker arrived but the buffer no longer covered the gap
+    FAILED = "failed"  # no end marker before the deadline
+
+
+class Instant(NamedTuple):
+    """A point in time: ``mono`` (time.monotonic) for deadlines and the index, ``wall``
+    (time.time) for lag, since batch timestamps are the publisher's wall clock."""
+
+    mono: float
+    wall: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """Send ``[b"", start (8-byte BE)]`` on a fresh DEALER; tag its replies with ``ticket``."""
+
+    start: int
+    ticket: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one input caused. Defaults mean "nothing"; tuples stay empty on the hot path."""
+
+    replay: ReplayRequest | None = None  # a new request, superseding any in flight
+    replay_abandoned: bool = False  # the in-flight replay is over without an end marker
+    gaps: int = 0
+    resets: tuple[ResetReason, ...] = ()
+    replays: tuple[ReplayResult, ...] = ()
+    batches: int = 0
+    stored_events: int = 0
+    removed_events: int = 0
+    cleared_events: int = 0
+    stored_blocks: int = 0
+    removed_blocks: int = 0
+    dropped_blocks: int = 0  # blocks forgotten by resets
+    rejected: tuple[Reason, ...] = ()  # events of applied batches the decoder rejected
+    duplicates: int = 0  # held batches skipped because the replay already applied them
+    held_dropped: int = 0  # held batches discarded because the hold buffer was full
+    stale_replies: int = 0  # replay replies of a superseded or finished request
+    lags: list[float] = field(default_factory=list)  # wall now - batch ts, per live batch applied
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """The handler's knobs (``kvsync.handler``)."""
+
+    replay_timeout_s: float = 5.0
+    replay_cooldown_s: float = 30.0
+    max_held: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +103,7 @@ class SocketOptions:
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    handler: HandlerSettings = field(default_factory=HandlerSettings)  # replay deadline, ...
+    handler: ReplaySettings = field(default_factory=ReplaySettings)  # replay deadline, ...
     sockets: SocketOptions = field(default_factory=SocketOptions)
     drain_max: int = 256  # messages per socket per poll round: fairness between publishers
     poll_ms: int = 100  # bounds the latency of commands and of stop()

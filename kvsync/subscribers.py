@@ -28,9 +28,9 @@ import zmq
 
 from kvsync import decoder, replay
 from kvsync.errors import DecodeError
-from kvsync.handler import EndpointHandler, Instant, Outcome, ReplayResult, State
+from kvsync.handler import EndpointHandler
 from kvsync.index import EndpointContext, PrefixIndex
-from kvsync.ingest import IngestSettings, IngestStats, Totals
+from kvsync.ingest import IngestSettings, IngestStats, Instant, Outcome, ReplayResult, State, Totals
 from kvsync.model import Batch, Endpoint, EndpointId, ReplayEnd
 from kvsync.subscription import LockedWriter, LockHook, Subscription
 
@@ -49,9 +49,8 @@ class SubscriberManager:
         on_lag: Callable[[float], None] | None = None,
         on_lock: LockHook | None = None,
     ) -> None:
-        self._index, self._lock = index, lock
+        self._index, self._lock, self._on_lag, self._on_lock = index, lock, on_lag, on_lock
         self._settings = settings or IngestSettings()
-        self._on_lag, self._on_lock = on_lag, on_lock
         self._commands: queue.SimpleQueue[Endpoint | EndpointId] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._stats_lock = threading.Lock()
@@ -92,8 +91,7 @@ class SubscriberManager:
 
     def snapshot(self) -> IngestStats:
         with self._stats_lock:
-            endpoints = tuple(sub.stats() for sub in self._subs.values())
-            return self._totals.freeze(endpoints)
+            return self._totals.freeze(tuple(sub.stats() for sub in self._subs.values()))
 
     def last_event_age(self, endpoint_id: EndpointId) -> float | None:
         """Seconds since the endpoint's last applied batch (None: unknown endpoint, or none yet)."""
@@ -243,19 +241,20 @@ class SubscriberManager:
 
     def _after(self, sub: Subscription, out: Outcome, now: Instant) -> None:
         """Perform the socket work an outcome asks for, then count and log it."""
-        handler = sub.handler
+        state = sub.handler.state
         if out.replay is not None:
             self._close_replay(sub)
             self._open_replay(sub, out.replay.start, out.replay.ticket)
-        elif sub.replay is not None and handler.state is not State.REPLAYING:
+        elif sub.replay is not None and state is not State.REPLAYING:
             self._close_replay(sub)
-        if handler.state is State.REPLAYING:
-            self._replaying.add(sub)
-        else:
-            self._replaying.discard(sub)
+        if state is not sub.state:
+            if state is State.REPLAYING:
+                self._replaying.add(sub)
+            else:
+                self._replaying.discard(sub)
         writer = sub.writer
         with self._stats_lock:
-            sub.state, sub.last_seq = handler.state, handler.last_seq
+            sub.state, sub.last_seq = state, sub.handler.last_seq
             self._totals.add(out)
             if writer.rejected or writer.unknown_removed:
                 self._totals.add_index_rejections(writer.rejected, writer.unknown_removed)

@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from kvsync.handler import Settings as HandlerSettings
 from kvsync.index import PrefixIndex, Query
-from kvsync.ingest import EndpointStats, IngestSettings
+from kvsync.ingest import EndpointStats, IngestSettings, ReplaySettings
 from kvsync.model import EndpointId
 from kvsync.sim import Fleet, SimQuery
 from kvsync.subscribers import SubscriberManager
@@ -50,21 +49,25 @@ class Daemon:
 
 @contextmanager
 def running_daemon(
-    replay_timeout_s: float = 5.0, replay_cooldown_s: float = 30.0, poll_ms: int = 100
+    *,
+    replay_timeout_s: float = 5.0,
+    replay_cooldown_s: float = 30.0,
+    poll_ms: int = 100,
+    on_lag: Callable[[float], None] | None = None,
+    index: PrefixIndex | None = None,
+    expect_failure: bool = False,
 ) -> Iterator[Daemon]:
-    index, lock = PrefixIndex(), threading.Lock()
-    handler = HandlerSettings(
-        replay_timeout_s=replay_timeout_s, replay_cooldown_s=replay_cooldown_s
-    )
+    index, lock = index or PrefixIndex(), threading.Lock()
+    handler = ReplaySettings(replay_timeout_s=replay_timeout_s, replay_cooldown_s=replay_cooldown_s)
     manager = SubscriberManager(
-        index, lock, settings=IngestSettings(handler=handler, poll_ms=poll_ms)
+        index, lock, settings=IngestSettings(handler=handler, poll_ms=poll_ms), on_lag=on_lag
     )
     manager.start()
     try:
         yield Daemon(manager, index, lock)
     finally:
         assert manager.stop(timeout_s=5.0)
-        assert not manager.failed.is_set()
+        assert manager.failed.is_set() == expect_failure
 
 
 def eventually(check: Callable[[], bool], timeout: float = SETTLE_S, what: str = "") -> None:

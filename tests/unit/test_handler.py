@@ -14,14 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsync.errors import Reason
-from kvsync.handler import (
-    EndpointHandler,
+from kvsync.handler import EndpointHandler
+from kvsync.ingest import (
     Instant,
     Outcome,
     ReplayRequest,
     ReplayResult,
+    ReplaySettings,
     ResetReason,
-    Settings,
     State,
 )
 from kvsync.model import (
@@ -82,7 +82,9 @@ def make(
         "ctx",
         writer,
         has_replay=has_replay,
-        settings=Settings(replay_timeout_s=timeout, replay_cooldown_s=cooldown, max_held=max_held),
+        settings=ReplaySettings(
+            replay_timeout_s=timeout, replay_cooldown_s=cooldown, max_held=max_held
+        ),
     )
     return handler, writer
 

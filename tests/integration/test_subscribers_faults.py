@@ -1,0 +1,128 @@
+"""Ingest faults on real sockets: replays that never answer, a dying thread, noisy publishers."""
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import pytest
+import zmq
+from structlog.testing import capture_logs
+
+from kvsync.index import ApplyOutcome, EndpointContext, PrefixIndex
+from kvsync.model import EndpointId, Event
+from kvsync.sim import Fleet, Malformed
+from tests.integration.ingest_harness import eventually, running_daemon, score, settle
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def silent_router() -> Iterator["zmq.Socket[bytes]"]:
+    """A replay ROUTER that receives requests and never answers them."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind_to_random_port("tcp://127.0.0.1")
+    yield router
+    router.close(linger=0)
+    ctx.term()
+
+
+def _address(sock: "zmq.Socket[bytes]") -> str:
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def test_a_replay_that_never_answers_does_not_stall_other_endpoints(
+    silent_router: "zmq.Socket[bytes]",
+) -> None:
+    with running_daemon(replay_timeout_s=60.0) as daemon, Fleet(pods=2, dp_sizes=(1,)) as fleet:
+        stuck, other = fleet.endpoints()
+        daemon.manager.set_endpoint(dataclasses.replace(stuck, replay=_address(silent_router)))
+        daemon.manager.set_endpoint(other)
+        assert silent_router.poll(5000)
+        # vLLM's protocol, as a DEALER sends it: [identity, b"", start seq 0 (8 bytes BE)].
+        assert silent_router.recv_multipart()[1:] == [b"", bytes(8)]
+        fleet.wait_for_subscribers()
+        fleet.step(40)
+        settle(daemon, fleet, [other.id])  # converges while the other replay is pending
+        state = daemon.endpoint(stuck.id)
+        assert state is not None
+        assert state.state == "replaying"
+        assert daemon.manager.snapshot().replays == {"ok": 1}
+
+
+def test_replay_deadline_fails_applies_held_batches_and_cools_down(
+    silent_router: "zmq.Socket[bytes]",
+) -> None:
+    with (
+        running_daemon(replay_timeout_s=0.5, replay_cooldown_s=600.0) as daemon,
+        Fleet(pods=1, dp_sizes=(1,), seed=3) as fleet,
+    ):
+        (endpoint,) = fleet.endpoints()
+        daemon.manager.set_endpoint(dataclasses.replace(endpoint, replay=_address(silent_router)))
+        fleet.wait_for_subscribers()
+        fleet.step(20)  # held while the warm-start replay waits, applied when it fails
+        settle(daemon, fleet)
+        assert (score(daemon, fleet).precision, score(daemon, fleet).recall) == (1.0, 1.0)
+        fleet.publisher(endpoint.id).drop_next(2)
+        fleet.step(10)
+        settle(daemon, fleet)  # cooling down: the gap is handled without a replay
+        assert score(daemon, fleet).precision == 1.0
+        stats = daemon.manager.snapshot()
+        assert stats.replays == {"failed": 1}
+        assert stats.resets == {"gap": 1}
+        assert silent_router.poll(0)  # one request: the warm start's
+        silent_router.recv_multipart()
+        assert not silent_router.poll(0)
+
+
+class BrokenIndex(PrefixIndex):
+    def apply(
+        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+    ) -> ApplyOutcome:
+        raise RuntimeError("index bug")
+
+
+def test_an_unexpected_error_ends_the_thread_reported_once_and_closed() -> None:
+    with (
+        capture_logs() as logs,
+        running_daemon(index=BrokenIndex(), expect_failure=True) as daemon,
+        Fleet(pods=1, dp_sizes=(1,)) as fleet,
+    ):
+        daemon.manager.set_endpoint(fleet.endpoints()[0])
+        fleet.wait_for_subscribers()
+        fleet.step(3)
+        eventually(daemon.manager.failed.is_set, what="the ingest thread reported its failure")
+        eventually(lambda: daemon.manager.closed, what="sockets closed after the failure")
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["ingest_failed"]
+
+
+def test_decode_errors_are_logged_once_per_interval_and_all_counted() -> None:
+    with capture_logs() as logs, running_daemon() as daemon, Fleet(pods=1, dp_sizes=(1,)) as fleet:
+        (endpoint,) = fleet.endpoints()
+        daemon.manager.set_endpoint(endpoint)
+        fleet.wait_for_subscribers()
+        for _ in range(50):
+            fleet.publisher(endpoint.id).send_malformed(Malformed.PAYLOAD)
+        fleet.step(5)
+        settle(daemon, fleet)
+        assert daemon.manager.snapshot().decode_errors == {"payload": 50}
+    decode_logs = [e for e in logs if e["event"] == "decode_error"]
+    assert len(decode_logs) == 1
+    assert decode_logs[0]["reason"] == "payload"
+
+
+def test_lag_hook_gets_one_sample_per_live_batch() -> None:
+    lags: list[float] = []
+    with running_daemon(on_lag=lags.append) as daemon, Fleet(pods=2, dp_sizes=(1,)) as fleet:
+        for endpoint in fleet.endpoints():
+            daemon.manager.set_endpoint(endpoint)
+        fleet.wait_for_subscribers()
+        fleet.step(30)
+        settle(daemon, fleet)
+        assert len(lags) == daemon.manager.snapshot().batches
+        assert all(lag >= 0 for lag in lags)  # same clock: applied after it was published
+        for endpoint_id in fleet.ids:
+            age = daemon.manager.last_event_age(endpoint_id)
+            assert age is not None
+            assert age >= 0
+        assert daemon.manager.last_event_age(EndpointId("nobody", 0)) is None
