@@ -9,11 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kubernetes import client
 
 from kvsync.index import Query
 from kvsync.model import BlockStored, EndpointId
 from kvsync.sim.publisher import Publisher
-from tests.e2e.cluster import MODEL_LABEL, Pods, eventually, free_port
+from tests.e2e.cluster import MODEL_LABEL, Cluster, Pods, eventually, free_port
 from tests.e2e.conftest import StartInformer
 from tests.integration.ingest_harness import Daemon, running_daemon
 
@@ -37,11 +38,11 @@ def _publishers() -> Iterator[list[Publisher]]:
         publisher.close()
 
 
-def stored(first_hash: int) -> BlockStored:
+def stored(first_hash: int, tokens: list[int] = TOKENS) -> BlockStored:
     return BlockStored(
         block_hashes=[first_hash, first_hash + 1],
         parent_block_hash=None,
-        token_ids=TOKENS,
+        token_ids=tokens,
         block_size=BLOCK,
     )
 
@@ -133,3 +134,37 @@ def test_pods_to_blocks_and_purges_through_the_real_manager(
     assert subscribed(daemon) == {ep("replaying"), ep("dropped")}
     assert matched(daemon, everyone) == {ep("dropped"): 2}
     assert not daemon.manager.failed.is_set()
+
+
+@pytest.mark.timeout(120)
+def test_apiserver_restart_and_410_keep_live_endpoints_subscribed_with_their_blocks(  # noqa: PLR0917  # fixtures
+    cluster: Cluster,
+    admin: client.ApiClient,
+    pods: Pods,
+    start_informer: StartInformer,
+    namespace: str,
+    daemon: Daemon,
+    publishers: list[Publisher],
+) -> None:
+    port = free_port()
+    live = Publisher(host="127.0.7.20", pub_port=port, replay_port=None)
+    publishers.append(live)
+    pods.create("live", annotations={"kvsync.io/pub-port": str(port)}, ip="127.0.7.20")
+    informer = start_informer(daemon.manager)
+    endpoint = EndpointId(f"{namespace}/live", 0)
+    live.wait_for_subscriber()
+    live.publish([stored(1)])
+    eventually(lambda: held(daemon, endpoint) == 2, what="blocks held")
+    relists = informer.stats().relists
+
+    # an unwatched write moves etcd on, so the restarted apiserver answers the resumed watch 410
+    client.CoreV1Api(admin).create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bump"))
+    )
+    cluster.restart_apiserver()
+    eventually(lambda: informer.stats().relists > relists, what="re-listed after 410")
+    # still subscribed: the next batch (another prompt) arrives on the same socket
+    live.publish([stored(50, [t + 1000 for t in TOKENS])])
+    eventually(lambda: held(daemon, endpoint) == 4, what="old and new blocks held")
+    assert live.stats.subscriptions == 1  # never unsubscribed and subscribed again
+    assert daemon.manager.snapshot().resets == {}
