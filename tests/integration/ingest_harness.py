@@ -97,16 +97,6 @@ def settle(daemon: Daemon, fleet: Fleet, ids: list[EndpointId] | None = None) ->
     eventually(lambda: caught_up(daemon, fleet, ids), what="ingest caught up with the fleet")
 
 
-def every_pod(daemon: Daemon, fleet: Fleet) -> frozenset[str]:
-    """The fleet's pods and the daemon's: a filter that keeps every answer.
-
-    Passed instead of ``pods=None`` because the index's unfiltered match does not terminate yet
-    (``allowed = -1`` reaches ``slots_of`` with a negative mask).
-    """
-    subscribed = (e.endpoint.id.pod for e in daemon.manager.snapshot().endpoints)
-    return frozenset(e.pod for e in fleet.ids) | frozenset(subscribed)
-
-
 @dataclass(frozen=True)
 class Score:
     precision: float
@@ -131,7 +121,7 @@ def score(
         query = fleet.sample_query()
         renamed = ((remap(e), n) for e, n in fleet.ground_truth(query).items())
         truth = {e: n for e, n in renamed if e is not None}
-        answer = daemon.answer(query, every_pod(daemon, fleet))
+        answer = daemon.answer(query)
         hits += len(truth)
         for endpoint in truth.keys() | answer.keys():
             got, want = answer.get(endpoint, 0), truth.get(endpoint, 0)
