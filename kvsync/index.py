@@ -368,23 +368,25 @@ class PrefixIndex:
 
     def _score(self, ctx: Context, runs: dict[int, int], matched: list[int]) -> list[Match]:
         weights = self.medium_weights
-        gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
         odd = [(i, ctx.copies[k]) for i, k in enumerate(matched) if k in ctx.copies]
         result = []
         for slot, run in runs.items():
             if not run:
                 continue
             by_medium = {GPU: run}  # assume the plain copy, then correct the odd blocks
-            score = run * gpu_weight
+            best = {GPU: run}  # blocks per best medium held: score = sum of count x weight
             bit = 1 << slot
             for i, detail in odd:
                 if i >= run:
                     break
                 media = {medium for (medium, _), mask in detail.items() if mask & bit}
                 by_medium[GPU] -= 1
+                best[GPU] -= 1
                 for medium in media:
                     by_medium[medium] = by_medium.get(medium, 0) + 1
-                score += max(weights.get(m, OTHER_MEDIUM_WEIGHT) for m in media) - gpu_weight
+                top = max(media, key=lambda m: weights.get(m, OTHER_MEDIUM_WEIGHT))
+                best[top] = best.get(top, 0) + 1
+            score = sum(n * weights.get(m, OTHER_MEDIUM_WEIGHT) for m, n in best.items() if n)
             if not by_medium[GPU]:
                 del by_medium[GPU]
             endpoint = self._endpoint_at[slot]
