@@ -59,6 +59,7 @@ class IndexMachine(RuleBasedStateMachine):
     )
     def store(
         self,
+        *,
         endpoint: int,
         adapter: str | None,
         blocks: list[int],
