@@ -12,14 +12,15 @@ cannot be used is a ``Skipped`` value whose ``reason`` is a metric label.
   terminating (never waiting for Ready: warm-up events matter). ``generation`` is the pod uid plus
   its total container restarts, so a restarted container purges that pod's blocks.
 - ``diff(current, desired)`` lists the commands that turn one endpoint set into the other;
-  ``EndpointTable`` keeps source → endpoints (a pod, or the static file) and diffs each change.
+  ``EndpointTable`` keeps source → endpoints (a pod, or the static file) and diffs each change;
+  ``send`` hands commands to a ``Sink`` (the subscriber manager's face).
 """
 
 import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from kvsync import specs
 from kvsync.model import Endpoint, EndpointId
@@ -238,3 +239,21 @@ class EndpointTable:
     def sources(self) -> list[str]:
         """Every source that contributes at least one endpoint."""
         return list(self._by_source)
+
+
+class Sink(Protocol):
+    """Where endpoint commands go (the subscriber manager); both calls must return at once."""
+
+    def set_endpoint(self, endpoint: Endpoint) -> None: ...
+
+    def remove_endpoint(self, endpoint_id: EndpointId) -> None: ...
+
+
+def send(sink: Sink, commands: list[Command]) -> None:
+    """Hand each command to the sink, in order (removals first, as ``diff`` sorts them)."""
+    for command in commands:
+        match command:
+            case SetEndpoint(endpoint=endpoint):
+                sink.set_endpoint(endpoint)
+            case RemoveEndpoint(id=endpoint_id):
+                sink.remove_endpoint(endpoint_id)

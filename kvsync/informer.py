@@ -18,8 +18,9 @@ from typing import Final, cast
 
 from kubernetes import client, config
 
+from kvsync.discovery import Sink
 from kvsync.errors import ConfigError
-from kvsync.podwatch import InformerOptions, NamespaceWatch, Sink, WatchStats
+from kvsync.podwatch import InformerOptions, NamespaceWatch, WatchStats
 
 ALL_NAMESPACES: Final = ""
 __all__ = ["ALL_NAMESPACES", "Informer", "InformerOptions", "Sink", "api_client"]

@@ -6,12 +6,12 @@
 - List (paged, raw JSON) → ``EndpointTable.replace_all`` → commands; then watch from the list's
   resourceVersion with ``allowWatchBookmarks``, applying each event through the table. A re-list
   of unchanged pods sends no command, so live endpoints keep their state.
-- 410 Gone (an ERROR event, or ``ApiException(410)``) → re-list at once. A stream the server ends
-  (``timeoutSeconds``) is resumed from the last resourceVersion; a dropped one too, after backoff.
-  Other API errors → exponential backoff with jitter. 403 is logged as an RBAC problem (what to
-  grant) and retried; the namespace never reports synced until a list succeeds.
+- 410 Gone (ERROR event or ``ApiException(410)``) → re-list at once (with backoff if it follows
+  a re-list). A stream the server ends is resumed from the last resourceVersion; a dropped one
+  too, after backoff. Other API errors → exponential backoff with jitter; 403 is logged as an
+  RBAC problem (what to grant) and the namespace is not synced until a list succeeds.
 - Pods without endpoints are counted by ``discovery.SkipReason`` and logged when a pod's reason
-  changes; a malformed event is counted and skipped. Only ``stop()`` ends the loop; it never
+  changes; malformed events are counted and skipped. Only ``stop()`` ends the loop; it never
   raises (the thread guard logs and counts anything unexpected).
 """
 
@@ -21,7 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 import structlog
 import urllib3
@@ -29,22 +29,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kvsync import discovery, metrics
-from kvsync.discovery import EndpointTable, PodDefaults, RemoveEndpoint, SetEndpoint, Skipped
+from kvsync.discovery import EndpointTable, PodDefaults, Sink, Skipped
 from kvsync.errors import KvsyncError
-from kvsync.model import Endpoint, EndpointId
+from kvsync.model import Endpoint
 
 log = structlog.get_logger(__name__)
 
 GONE: Final = 410
 FORBIDDEN: Final = 403
-
-
-class Sink(Protocol):
-    """Where endpoint commands go (the subscriber manager); both calls must return at once."""
-
-    def set_endpoint(self, endpoint: Endpoint) -> None: ...
-
-    def remove_endpoint(self, endpoint_id: EndpointId) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +201,7 @@ class NamespaceWatch:
             token = meta.get("continue") or None
             if token is None:
                 break
-        send(self._sink, self._table.replace_all(desired))
+        discovery.send(self._sink, self._table.replace_all(desired))
         self._skip_reason = {k: v for k, v in self._skip_reason.items() if k in desired}
         self.last_error = None
         log.info("informer_listed", namespace=self.namespace, pods=len(desired))
@@ -258,12 +250,12 @@ class NamespaceWatch:
         if kind in ("ADDED", "MODIFIED"):
             key, endpoints = self._endpoints_of(obj)
             if key is not None:
-                send(self._sink, self._table.put(key, endpoints))
+                discovery.send(self._sink, self._table.put(key, endpoints))
         elif kind == "DELETED":
             key = _pod_key(obj)
             if key is not None:
                 self._skip_reason.pop(key, None)
-                send(self._sink, self._table.put(key, []))
+                discovery.send(self._sink, self._table.put(key, []))
         # BOOKMARK carries only the resourceVersion; every event moves it forward
         return version if isinstance(version, str) and version else resource_version
 
@@ -285,16 +277,6 @@ class NamespaceWatch:
             if key is not None:
                 self._skip_reason[key] = found.reason
         return key, []
-
-
-def send(sink: Sink, commands: list[discovery.Command]) -> None:
-    """Hand each command to the sink, in order (removals first, as ``diff`` sorts them)."""
-    for command in commands:
-        match command:
-            case SetEndpoint(endpoint=endpoint):
-                sink.set_endpoint(endpoint)
-            case RemoveEndpoint(id=endpoint_id):
-                sink.remove_endpoint(endpoint_id)
 
 
 def _pod_key(raw: object) -> str | None:

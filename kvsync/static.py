@@ -22,10 +22,9 @@ from typing import Final
 import structlog
 
 from kvsync import specs
-from kvsync.discovery import Command, EndpointTable
+from kvsync.discovery import Command, EndpointTable, Sink, send
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint
-from kvsync.podwatch import Sink, send
 
 log = structlog.get_logger(__name__)
 
