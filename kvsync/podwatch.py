@@ -189,9 +189,11 @@ class NamespaceWatch:
                 _continue=token,
                 _request_timeout=self._options.request_timeout_seconds,
             )
+            self._response = response  # a long body read can be broken by stop() too
             try:
                 body = json.loads(response.data)
             finally:
+                self._response = None
                 response.release_conn()
             for raw in body.get("items") or ():
                 key, endpoints = self._endpoints_of(raw)
