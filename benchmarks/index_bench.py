@@ -1,0 +1,399 @@
+"""Prefix-index benchmark: kvsync's decoder + PrefixIndex against a naive baseline and, when
+installed, NVIDIA Dynamo's Rust radix tree, on the same deterministic fleet workload.
+
+Workload (seeded, identical in every variant): 16 endpoints, block size 16, 64 shared system
+prompts of 8-96 blocks with Zipf popularity, new conversations (2-32 user blocks after a system
+prompt) and follow-up turns extending earlier conversations on the same endpoint (up to 600
+blocks), about 15 % of stored blocks evicted again (one BlockRemoved per hash, tails of the
+oldest conversations first, as vLLM's GPU pool does), one AllBlocksCleared half-way. Engine hashes
+are the same on every endpoint (vLLM >= 0.29 default). Every batch is an encoded wire frame in the
+map-era (vLLM 0.33) layout. Queries: 2k- and 8k-token prompts continuing existing conversations.
+
+Each variant runs in its own subprocess (clean RSS): ingest CPU time, then the queries one by one.
+Bytes per (block, endpoint) = RSS growth over the ingest / live (block, endpoint) pairs.
+
+    .venv/bin/python benchmarks/index_bench.py --quick           # 100k blocks, seconds
+    .venv/bin/python benchmarks/index_bench.py --blocks 1000000  # the targets are for 1M
+    .venv/bin/python benchmarks/index_bench.py --blocks 3000000
+"""
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from array import array
+from bisect import bisect
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import xxhash
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kvsync import decoder  # noqa: E402  # after the path tweak, so the checkout is used
+from kvsync.index import EndpointContext, PrefixIndex, Query  # noqa: E402
+from kvsync.model import EndpointId  # noqa: E402
+
+ENDPOINTS = 16
+BS = 16
+MODEL = "llama"
+MAX_CONV_BLOCKS = 600
+
+
+@dataclass
+class Workload:
+    frames: list[tuple[int, int, bytes]] = field(default_factory=list)  # (endpoint, seq, payload)
+    stored_blocks: int = 0
+    removed_blocks: int = 0
+    live_pairs: int = 0
+    queries: dict[str, list[list[int]]] = field(default_factory=dict)
+
+
+def _engine_hash(endpoint: int, block: int) -> int:
+    # The same for every endpoint, as vLLM >= 0.29 publishes by default (fixed NONE_HASH seed);
+    # Dynamo's tree needs that. kvsync keeps one map per endpoint regardless.
+    del endpoint
+    return xxhash.xxh3_64_intdigest(block.to_bytes(8, "little"), 1000)
+
+
+def build(target_blocks: int, n_queries: int, seed: int = 11) -> Workload:
+    """The whole workload, deterministic for a given (target_blocks, n_queries, seed)."""
+    rng = random.Random(seed)
+    pool = [[rng.randrange(150_000) for _ in range(BS)] for _ in range(4096)]
+    tokens: dict[int, list[int]] = {}  # block id -> its 16 token ids
+    parent_of: dict[int, int] = {}  # block id -> the block before it (every id has one chain)
+
+    def new_block(tag: int) -> int:
+        block = len(tokens)
+        tokens[block] = [tag % 150_000, *pool[block % 4096][1:]]
+        return block
+
+    prompts = [[new_block(p) for _ in range(rng.randint(8, 96))] for p in range(64)]
+    for prompt in prompts:
+        parent_of.update(zip(prompt[1:], prompt[:-1], strict=True))
+    prompt_weights = list(accumulate(1 / (p + 1) ** 1.1 for p in range(64)))
+    convs: list[tuple[int, list[int]]] = []  # (endpoint, chain of block ids)
+    live: list[dict[int, None]] = [{} for _ in range(ENDPOINTS)]  # block ids, insertion order
+    kids: list[dict[int, int]] = [{} for _ in range(ENDPOINTS)]  # held children per held block
+    tails: list[deque[int]] = [deque() for _ in range(ENDPOINTS)]  # conversations by age
+    seqs = [0] * ENDPOINTS
+    work = Workload()
+    cleared = False
+    enc = msgspec.msgpack.Encoder()
+    while work.stored_blocks < target_blocks:
+        if not convs or rng.random() < 0.35:
+            endpoint = rng.randrange(ENDPOINTS)
+            prompt = prompts[bisect(prompt_weights, rng.random() * prompt_weights[-1])]
+            chain = prompt + [new_block(200_000 + len(convs)) for _ in range(rng.randint(2, 32))]
+            parent_of.update(zip(chain[len(prompt) :], chain[len(prompt) - 1 :], strict=False))
+            convs.append((endpoint, chain))
+            conv = len(convs) - 1
+        else:  # follow-up: Zipf over conversations, recent ones first
+            conv = len(convs) - 1 - min(int(rng.paretovariate(1.2)) - 1, len(convs) - 1)
+            endpoint, chain = convs[conv]
+            if len(chain) >= MAX_CONV_BLOCKS:
+                continue
+            first = len(chain)
+            chain.extend(new_block(300_000 + conv) for _ in range(rng.randint(1, 32)))
+            parent_of.update(zip(chain[first:], chain[first - 1 :], strict=False))
+        held = live[endpoint]
+        start = 0
+        while start < len(chain) and chain[start] in held:
+            start += 1
+        todo = chain[start:]
+        parent = _engine_hash(endpoint, chain[start - 1]) if start else None
+        events: list[dict[str, Any]] = [
+            {
+                "type": "BlockStored",
+                "block_hashes": [_engine_hash(endpoint, b) for b in todo],
+                "parent_block_hash": parent,
+                "token_ids": [t for b in todo for t in tokens[b]],
+                "block_size": BS,
+                "lora_id": None,
+                "medium": "GPU",
+                "lora_name": None,
+                "extra_keys": [None] * len(todo),
+                "group_idx": 0,
+                "kv_cache_spec_kind": "full_attention",
+            }
+        ]
+        mykids = kids[endpoint]
+        for b in todo:
+            held[b] = None
+            up = parent_of.get(b)
+            if up is not None:
+                mykids[up] = mykids.get(up, 0) + 1
+        work.stored_blocks += len(todo)
+        tails[endpoint].append(conv)
+        # evict ~15 % of what is stored: leaves only (tails of this endpoint's oldest
+        # conversations first), since Dynamo's tree drops the subtree of an inner removal
+        # while kvsync keeps it (architecture.md §3), and the answers are compared
+        budget = round(len(todo) * 0.15 + rng.random() - 0.5)
+        while budget > 0 and tails[endpoint]:
+            old = convs[tails[endpoint][0]][1]
+            victims = []
+            for b in reversed(old):
+                if len(victims) == budget or (b in held and mykids.get(b)):
+                    break
+                if b in held:
+                    victims.append(b)
+            if not victims:
+                tails[endpoint].popleft()
+                continue
+            for b in victims:
+                del held[b]
+                up = parent_of.get(b)
+                if up is not None:
+                    left = mykids[up] - 1
+                    if left:
+                        mykids[up] = left
+                    else:
+                        del mykids[up]
+                events.append(
+                    {"type": "BlockRemoved", "block_hashes": [_engine_hash(endpoint, b)],
+                     "medium": "GPU", "group_idx": 0}
+                )  # fmt: skip
+            budget -= len(victims)
+            work.removed_blocks += len(victims)
+            tails[endpoint].rotate(-1)
+        if not cleared and work.stored_blocks >= target_blocks // 2:
+            events.append({"type": "AllBlocksCleared"})
+            held.clear()
+            mykids.clear()
+            tails[endpoint].clear()
+            cleared = True
+        payload = enc.encode([1_800_000_000.0 + len(work.frames), events, 0])
+        work.frames.append((endpoint, seqs[endpoint], payload))
+        seqs[endpoint] += 1
+    work.live_pairs = sum(len(h) for h in live)
+    longest = sorted(range(len(convs)), key=lambda c: -len(convs[c][1]))
+    for size in (2048, 8192):
+        queries = []
+        for i in range(n_queries):
+            conv = longest[i % max(1, len(longest) // 10)] if size > 2048 else rng.randrange(len(convs))
+            ids = [t for b in convs[conv][1] for t in tokens[b]][:size]
+            while len(ids) < size:
+                ids.extend(pool[rng.randrange(4096)])
+            queries.append(ids[:size])
+        work.queries[str(size)] = queries
+    return work
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class Naive:
+    """The baseline: dicts of sets, untyped decode, per-block bytes + seeded xxh3."""
+
+    def __init__(self) -> None:
+        self.holders: dict[int, set[str]] = {}
+        self.engine: dict[str, dict[int, int]] = {}
+
+    def ingest(self, endpoint: str, payload: bytes) -> None:
+        _, events, _ = msgspec.msgpack.decode(payload)
+        mine = self.engine.setdefault(endpoint, {})
+        for ev in events:
+            kind = ev["type"]
+            if kind == "BlockStored":
+                parent = ev["parent_block_hash"]
+                key = 0 if parent is None else mine.get(parent)
+                if key is None:
+                    continue
+                ids = ev["token_ids"]
+                for i, h in enumerate(ev["block_hashes"]):
+                    data = array("I", ids[i * BS : (i + 1) * BS]).tobytes()
+                    key = xxhash.xxh3_64_intdigest(data, key)
+                    mine[h] = key
+                    self.holders.setdefault(key, set()).add(endpoint)
+            elif kind == "BlockRemoved":
+                for h in ev["block_hashes"]:
+                    key = mine.pop(h, None)
+                    if key is not None:
+                        self.holders[key].discard(endpoint)
+                        if not self.holders[key]:
+                            del self.holders[key]
+            else:
+                for key in mine.values():
+                    self.holders[key].discard(endpoint)
+                    if not self.holders[key]:
+                        del self.holders[key]
+                mine.clear()
+
+    def match(self, ids: list[int]) -> dict[str, int]:
+        key, depth, runs = 0, 0, {}
+        alive: set[str] | None = None
+        for i in range(len(ids) // BS):
+            key = xxhash.xxh3_64_intdigest(array("I", ids[i * BS : (i + 1) * BS]).tobytes(), key)
+            here = self.holders.get(key, set())
+            now = here if alive is None else alive & here
+            for gone in (alive or set()) - now:
+                runs[gone] = depth
+            alive = now
+            if not alive:
+                break
+            depth += 1
+        for endpoint in alive or ():
+            runs[endpoint] = depth
+        return {e: d for e, d in runs.items() if d}
+
+
+def run_variant(variant: str, work: Workload) -> dict[str, Any]:
+    names = [f"bench/pod-{e}" for e in range(ENDPOINTS)]
+    gc.collect()
+    rss0 = _rss_bytes()
+    if variant == "kvsync":
+        index = PrefixIndex()
+        ctx = EndpointContext(MODEL)
+        ids = [EndpointId(n) for n in names]
+
+        def ingest() -> None:
+            for e, seq, payload in work.frames:
+                index.apply(ids[e], ctx, decoder.decode_payload(seq, payload).events, 0.0)
+
+        def match(q: list[int]) -> dict[int, int]:
+            r = index.match(Query(MODEL, q), 0.0)
+            return {int(m.endpoint.pod.rsplit("-", 1)[1]): m.matched_blocks for m in r.matches}
+    elif variant == "naive":
+        naive = Naive()
+
+        def ingest() -> None:
+            for e, _, payload in work.frames:
+                naive.ingest(names[e], payload)
+
+        def match(q: list[int]) -> dict[int, int]:
+            return {int(n.rsplit("-", 1)[1]): d for n, d in naive.match(q).items()}
+    else:
+        from dynamo.llm import RadixTree, compute_block_hash_for_seq
+
+        tree = RadixTree()
+        jenc = msgspec.json.encode
+
+        def ingest() -> None:
+            event_id = 0
+            for e, _, payload in work.frames:
+                for ev in msgspec.msgpack.decode(payload)[1]:
+                    event_id += 1
+                    if ev["type"] == "BlockStored":
+                        local = compute_block_hash_for_seq(ev["token_ids"], BS)
+                        blocks = [
+                            {"block_hash": h, "tokens_hash": t}
+                            for h, t in zip(ev["block_hashes"], local, strict=True)
+                        ]
+                        data: Any = {
+                            "stored": {"parent_hash": ev["parent_block_hash"], "blocks": blocks}
+                        }
+                    elif ev["type"] == "BlockRemoved":
+                        data = {"removed": {"block_hashes": ev["block_hashes"]}}
+                    else:
+                        data = "cleared"
+                    tree.apply_event(e, jenc({"event_id": event_id, "data": data}))
+
+        def match(q: list[int]) -> dict[int, int]:
+            scores = tree.find_matches(compute_block_hash_for_seq(q, BS)).scores
+            return {w: d for (w, _), d in scores.items() if d}
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ingest()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    gc.collect()
+    grown = _rss_bytes() - rss0
+    out: dict[str, Any] = {
+        "ingest_cpu_s": round(cpu, 3),
+        "ingest_wall_s": round(wall, 3),
+        "ingest_blocks_per_s": round(work.stored_blocks / cpu),
+        "rss_growth_mb": round(grown / 2**20, 1),
+        "bytes_per_block_endpoint": round(grown / max(1, work.live_pairs), 1),
+        "answers": {},
+    }
+    for size, queries in work.queries.items():
+        times, answers = [], []
+        for q in queries:
+            t0 = time.perf_counter_ns()
+            answer = match(q)
+            times.append((time.perf_counter_ns() - t0) / 1000)
+            answers.append(sorted(answer.items()))
+        times.sort()
+        out[f"query_{size}_median_us"] = round(statistics.median(times), 1)
+        out[f"query_{size}_p99_us"] = round(times[int(len(times) * 0.99) - 1], 1)
+        out[f"query_{size}_mean_matched_blocks"] = round(
+            statistics.mean(sum(d for _, d in a) / max(1, len(a)) for a in answers), 1
+        )
+        out["answers"][size] = answers
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="100k blocks, 200 queries")
+    parser.add_argument("--variant", choices=["kvsync", "naive", "dynamo"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.blocks, args.queries = 100_000, 200
+    if args.variant:  # child process: one variant, JSON on stdout
+        work = build(args.blocks, args.queries)
+        result = run_variant(args.variant, work)
+        result["workload"] = {
+            "frames": len(work.frames),
+            "stored_blocks": work.stored_blocks,
+            "removed_blocks": work.removed_blocks,
+            "live_block_endpoint_pairs": work.live_pairs,
+        }
+        print(json.dumps(result))
+        return
+    variants = ["kvsync", "naive"]
+    try:
+        import dynamo.llm  # noqa: F401
+
+        variants.append("dynamo")
+    except ImportError:
+        pass
+    results = {}
+    for variant in variants:
+        cmd = [sys.executable, __file__, "--variant", variant, "--blocks", str(args.blocks),
+               "--queries", str(args.queries)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    mine = results["kvsync"]
+    report: dict[str, Any] = {"benchmark": "index", "blocks": args.blocks,
+                              "workload": mine["workload"]}  # fmt: skip
+    for variant, result in results.items():
+        answers = result.pop("answers")
+        result.pop("workload")
+        result["same_answers_as_kvsync"] = answers == mine.get("answers_kept", answers)
+        if variant == "kvsync":
+            mine["answers_kept"] = answers
+        else:
+            result["same_answers_as_kvsync"] = answers == mine["answers_kept"]
+        report[variant] = result
+    mine.pop("answers_kept")
+    for other in variants[1:]:
+        theirs = results[other]
+        report[f"kvsync_over_{other}"] = {
+            "ingest_speed": round(mine["ingest_blocks_per_s"] / theirs["ingest_blocks_per_s"], 2),
+            "query_2048_median": round(
+                mine["query_2048_median_us"] / theirs["query_2048_median_us"], 2
+            ),
+            "query_8192_median": round(
+                mine["query_8192_median_us"] / theirs["query_8192_median_us"], 2
+            ),
+            "memory": round(
+                mine["bytes_per_block_endpoint"] / max(1.0, theirs["bytes_per_block_endpoint"]), 2
+            ),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
