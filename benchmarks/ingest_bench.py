@@ -11,8 +11,8 @@ Measured, for N in (1, 16, 200):
   second between the first and the last applied batch; drops = batches sent - batches applied;
 * baseline: the same frames through decode + handler + index in this process, no sockets, no
   threads (the ratio is the price of sockets and the ingest thread);
-* lag (N=16): the child paces 100k blocks/s and stamps each batch's ts at send; p50/p99 of
-  (wall clock when applied - ts);
+* lag (N=16): the child paces 25k, 50k and 100k blocks/s and stamps each batch's ts at send;
+  p50/p99 of (wall clock when applied - ts), medians over the repeats;
 * idle CPU (N=200 subscribed, no traffic): process CPU time / wall time over a few seconds.
 
 The machine is shared and noisy: each throughput figure is the median of ``--repeats`` runs, each
@@ -42,7 +42,14 @@ from kvsync import decoder, wire
 from kvsync.handler import EndpointHandler
 from kvsync.index import EndpointContext, PrefixIndex
 from kvsync.ingest import IngestSettings, Instant
-from kvsync.model import AllBlocksCleared, BlockRemoved, BlockStored, Endpoint, EndpointId
+from kvsync.model import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    Endpoint,
+    EndpointId,
+    Event,
+)
 from kvsync.sim import Engine, Era, Mix, PromptLibrary, Workload
 from kvsync.sim.eras import encode_batch
 from kvsync.subscribers import SubscriberManager
@@ -211,14 +218,32 @@ def socket_run(conn: Connection, addresses: list[str], positions: list[list[int]
     return result
 
 
-def in_process_run(streams: Sequence[Stream], positions: list[list[int]], blocks: int) -> float:
-    """The same frames, same interleaving: decode + handler + index, no sockets or threads."""
+class NullIndex:
+    """An index that does nothing: isolates the decoder's and the handler's share."""
+
+    def apply(
+        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+    ) -> None:
+        return None
+
+    def drop_endpoint(self, endpoint: EndpointId) -> int:
+        return 0
+
+
+def in_process_run(
+    streams: Sequence[Stream], positions: list[list[int]], blocks: int, stage: str = "full"
+) -> float:
+    """The same frames, same interleaving, no sockets or threads; ``stage``: how far they go.
+
+    ``decode`` only decodes; ``handler`` adds the sequence handler with an index that does
+    nothing; ``full`` is decode + handler + the real index under its lock (what ingest does).
+    """
     index, lock = PrefixIndex(), threading.Lock()
     handlers = [
         EndpointHandler(
             EndpointId(f"bench/pod-{p}"),
             EndpointContext("model"),
-            LockedWriter(index, lock, None),
+            LockedWriter(index, lock, None) if stage == "full" else NullIndex(),
             has_replay=False,
         )
         for p in range(len(positions))
@@ -229,12 +254,13 @@ def in_process_run(streams: Sequence[Stream], positions: list[list[int]], blocks
         for p in range(len(positions))
     ]  # fmt: skip
     longest = max(len(p) for p in positions)
-    started = time.perf_counter()
+    decode, started = decoder.decode_live, time.perf_counter()
     for step in range(longest):
         for p, handler in enumerate(handlers):
             if step < len(frames[p]):
-                now = Instant(time.monotonic(), time.time())
-                handler.on_live(decoder.decode_live(frames[p][step]), now)
+                batch = decode(frames[p][step])
+                if stage != "decode":
+                    handler.on_live(batch, Instant(time.monotonic(), time.time()))
     return blocks / (time.perf_counter() - started)
 
 
@@ -321,13 +347,31 @@ def main() -> None:
             "drops": [r["drops"] for r in runs],
             "runs": runs,
         }
-    positions = plan(streams, 16, int(100_000 * lag_seconds))
+    out["lag_16_publishers"] = {}
+    for rate in (25_000, 50_000, 100_000):
+        positions = plan(streams, 16, int(rate * lag_seconds))
+        blocks = sum(streams[p % STREAMS].blocks[i] for p, pos in enumerate(positions) for i in pos)
+        runs = []
+        for _ in range(args.repeats):
+            process, conn, addresses = with_child(streams, 16)
+            try:
+                runs.append(socket_run(conn, addresses, positions, blocks, rate))
+            finally:
+                finish(process, conn)
+        out["lag_16_publishers"][f"{rate}_blocks_per_s"] = {
+            "median_lag_p50_ms": statistics.median(r["lag_p50_ms"] for r in runs),
+            "median_lag_p99_ms": statistics.median(r["lag_p99_ms"] for r in runs),
+            "drops": [r["drops"] for r in runs],
+            "runs": runs,
+        }
+    positions = plan(streams, 16, total)
     blocks = sum(streams[p % STREAMS].blocks[i] for p, pos in enumerate(positions) for i in pos)
-    process, conn, addresses = with_child(streams, 16)
-    try:
-        out["lag_at_100k_blocks_per_s"] = socket_run(conn, addresses, positions, blocks, 100_000)
-    finally:
-        finish(process, conn)
+    out["in_process_breakdown_16"] = {
+        stage: round(statistics.median(
+            in_process_run(streams, positions, blocks, stage) for _ in range(args.repeats)
+        ))
+        for stage in ("decode", "handler", "full")
+    }  # fmt: skip
     process, conn, addresses = with_child(streams, 200)
     try:
         out["idle"] = idle_cpu(conn, addresses, 2.0 if args.quick else 5.0)

@@ -46,7 +46,9 @@ def assert_exact(daemon: Daemon, fleet: Fleet) -> None:
 
 
 def test_steady_state_matches_ground_truth() -> None:
-    with running_daemon() as daemon, Fleet(pods=3, dp_sizes=(1, 2), seed=1) as fleet:
+    topic = "kv@{pod}@{model}"  # the llm-d convention: each SUB filters on its pod's prefix
+    with running_daemon() as daemon, Fleet(pods=3, dp_sizes=(1, 2), topic=topic, seed=1) as fleet:
+        assert all(e.topic.startswith("kv@sim/vllm-") for e in fleet.endpoints())
         subscribe_all(daemon, fleet)
         fleet.step(150)
         settle(daemon, fleet)
@@ -124,7 +126,13 @@ def test_without_replay_address_a_gap_drops_state_and_stays_precise() -> None:
 
 
 def test_warm_start_after_the_publisher_has_published() -> None:
-    with running_daemon() as daemon, Fleet(pods=3, dp_sizes=(1, 2), seed=6) as fleet:
+    # Both replay reply layouts (the topic frame came in vLLM 0.26). Not 0.10.1: its LoRA blocks
+    # carry only lora_id, and the simulator's ground truth answers lora_name queries for them.
+    every_era = (Era.V0_17, Era.V0_23, Era.V0_25, Era.V0_33)
+    with (
+        running_daemon() as daemon,
+        Fleet(pods=5, dp_sizes=(1, 2), eras=every_era, seed=6) as fleet,
+    ):
         fleet.step(120)
         fleet.flush()
         subscribe_all(daemon, fleet)  # history comes from the replay buffers

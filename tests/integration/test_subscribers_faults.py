@@ -113,7 +113,8 @@ def test_decode_errors_are_logged_once_per_interval_and_all_counted() -> None:
 
 def test_lag_hook_gets_one_sample_per_live_batch() -> None:
     lags: list[float] = []
-    with running_daemon(on_lag=lags.append) as daemon, Fleet(pods=2, dp_sizes=(1,)) as fleet:
+    fleet = Fleet(pods=2, dp_sizes=(1,), replay=False)  # replayed batches report no lag
+    with running_daemon(on_lag=lags.append) as daemon, fleet:
         for endpoint in fleet.endpoints():
             daemon.manager.set_endpoint(endpoint)
         fleet.wait_for_subscribers()
@@ -126,3 +127,18 @@ def test_lag_hook_gets_one_sample_per_live_batch() -> None:
             assert age is not None
             assert age >= 0
         assert daemon.manager.last_event_age(EndpointId("nobody", 0)) is None
+
+
+def test_an_address_libzmq_refuses_is_counted_and_the_rest_keep_working() -> None:
+    with capture_logs() as logs, running_daemon() as daemon, Fleet(pods=1, dp_sizes=(1,)) as fleet:
+        (good,) = fleet.endpoints()
+        bad = dataclasses.replace(good, id=EndpointId("bad/pod", 0), pub="tcp://no port here")
+        daemon.manager.set_endpoint(bad)
+        daemon.manager.set_endpoint(good)
+        fleet.wait_for_subscribers()
+        fleet.step(10)
+        settle(daemon, fleet)
+        stats = daemon.manager.snapshot()
+        assert stats.invalid_endpoints == 1
+        assert [e.endpoint.id for e in stats.endpoints] == [good.id]
+    assert [e["pub"] for e in logs if e["event"] == "endpoint_invalid"] == [bad.pub]
