@@ -3,18 +3,29 @@
 Not thread-safe: owned by ``kvsync.index.PrefixIndex``, whose callers hold one lock. Raises
 nothing: every input is a key, a slot or an engine hash the index already validated.
 
-Layout, chosen for memory and for lookups that stay in C (dict.get on int keys):
+Layout, chosen on measurements (BENCHMARKS.md, ``## Index``): on a big dict every access is a
+cache miss, so each block costs as few dict operations as possible, and each key is one dict
+entry whose value packs everything the key needs into one int:
 
-* ``held``: key -> bit mask of endpoint slots holding *any* copy of the block. Dict order is the
-  store recency (a store moves the key to the end), so the front is the least recently stored.
-* ``copies``: only for keys with a copy other than (GPU, group 0): the full breakdown
-  (medium, group) -> slot mask. Almost every block has just that plain copy, so this stays small.
-* ``parent`` / ``children``: each present key's parent key, and how many present keys name a key
-  as parent. Capacity eviction takes leaves only: a descendant of an evicted key can never
-  match again, so evicting an inner key would only strand memory.
-* ``engine``: per slot, engine hash -> key, to resolve a BlockStored parent and a BlockRemoved.
-  An entry goes when its endpoint stops holding the block. Entries whose key was evicted by
-  capacity stay ("dangling", still correct: the key is what the tokens say) until a sweep.
+    held[key] = holders << 96 | children << 64 | parent
+
+* ``holders``: bit mask of the endpoint slots holding *any* copy of the block (unbounded: a
+  fleet may have more than 64 endpoints). Lookups AND it with the still-matching endpoints
+  shifted left by 96, so the low bits never need masking on the hot path.
+* ``children``: how many present keys name this key as their parent (32 bits). Capacity
+  eviction takes leaves only: a descendant of an evicted key can never match again, so evicting
+  an inner key would strand memory. A child stored while its parent was absent is not counted
+  (the parent, stored later, may then be evicted first; its children are leaves and follow).
+* ``parent``: the parent key (ROOT for a chain start), to decrement that count on deletion.
+
+Dict order is the store recency (a store moves its keys to the end, deepest block first, so
+within a chain an ancestor is always more recent than its descendants).
+
+``copies`` exists only for keys with a copy other than (GPU, group 0): the full breakdown
+(medium, group) -> slot mask. ``engine`` is, per slot, engine hash -> key, to resolve a
+BlockStored parent and a BlockRemoved; an entry goes when its endpoint stops holding the block,
+and entries whose key capacity eviction removed ("dangling", still correct: the key is what the
+tokens say) go in an amortised sweep.
 """
 
 from collections.abc import Iterable
@@ -25,6 +36,10 @@ from kvsync.model import GPU, EngineHash
 
 Copy = tuple[str, int]  # (medium, group_idx) of one copy of a block on one endpoint
 PLAIN: Final[Copy] = (GPU, 0)
+HOLDERS: Final = 96  # bit offset of the holder mask in a packed value
+CHILD: Final = 1 << 64  # one child in a packed value
+_PARENT: Final = (1 << 64) - 1
+_CHILDREN: Final = ((1 << 32) - 1) << 64
 
 
 def slots_of(mask: int) -> Iterable[int]:
@@ -38,24 +53,12 @@ def slots_of(mask: int) -> Iterable[int]:
 class Context:
     """The blocks of one (model, adapter, block size) and who holds them."""
 
-    __slots__ = (
-        "block_size",
-        "children",
-        "copies",
-        "counts",
-        "dangling",
-        "engine",
-        "held",
-        "last_used",
-        "parent",
-    )
+    __slots__ = ("block_size", "copies", "counts", "dangling", "engine", "held", "last_used")
 
     def __init__(self, block_size: int, now: float) -> None:
         self.block_size = block_size
         self.held: dict[int, int] = {}
         self.copies: dict[int, dict[Copy, int]] = {}
-        self.parent: dict[int, int] = {}
-        self.children: dict[int, int] = {}
         self.engine: dict[int, dict[EngineHash, int]] = {}
         self.counts: dict[int, int] = {}  # slot -> keys it holds here
         self.dangling = 0  # engine entries whose key capacity eviction removed
@@ -66,35 +69,51 @@ class Context:
         hashes = self.engine.get(slot)
         return None if hashes is None else hashes.get(engine_hash)
 
+    def holders(self, key: int) -> int:
+        """Slot mask of the endpoints holding ``key`` in any copy."""
+        return self.held.get(key, 0) >> HOLDERS
+
     def store(
         self, slot: int, parent: int, hashes: list[EngineHash], keys: list[int], copy: Copy
     ) -> int:
         """Record that ``slot`` holds ``copy`` of each block; returns blocks newly held."""
         bit = 1 << slot
-        held, copies, engine = self.held, self.copies, self.engine.setdefault(slot, {})
+        packed_bit = bit << HOLDERS
+        held, copies = self.held, self.copies
+        engine = self.engine.get(slot)
+        if engine is None:
+            engine = self.engine[slot] = {}
+        plain = copy == PLAIN
         new = 0
-        # Deepest block first, so that inside one chain an ancestor is always more recent than
-        # its descendants and LRU eviction meets the leaves first.
-        for i in range(len(keys) - 1, -1, -1):
-            key, engine_hash = keys[i], hashes[i]
-            previous = engine.get(engine_hash)
-            if previous != key:
-                if previous is not None:  # the engine reused a hash for other tokens
-                    self._forget(slot, previous)
+        last = len(keys) - 1
+        child_new = False  # whether the block after this one is a new key
+        for i in range(last, -1, -1):  # deepest first: see the module docstring
+            key = keys[i]
+            engine_hash = hashes[i]
+            previous = engine.setdefault(engine_hash, key)  # one lookup in the common case
+            if previous != key:  # the engine reused a hash for other tokens
+                self._forget(slot, previous)
                 engine[engine_hash] = key
-            mask = held.pop(key, 0)
-            held[key] = mask | bit
-            if not mask:
-                up = keys[i - 1] if i else parent
-                self.parent[key] = up
-                self.children[up] = self.children.get(up, 0) + 1
-            if copy != PLAIN or key in copies:
+            # a new key's next block in this event is its child; setdefault inserts it at once
+            fresh = packed_bit | (CHILD if i < last else 0) | (keys[i - 1] if i else parent)
+            value = held.setdefault(key, fresh)
+            if value is fresh:
+                new += 1
+                mask = 0
+            else:  # move to the recent end
+                del held[key]
+                held[key] = (value | packed_bit) + (CHILD if child_new else 0)
+                mask = value >> HOLDERS
+                if not mask & bit:
+                    new += 1
+            child_new = value is fresh
+            if not plain or (copies and key in copies):
                 detail = copies.get(key)
                 if detail is None:
                     detail = copies[key] = {PLAIN: mask} if mask else {}
                 detail[copy] = detail.get(copy, 0) | bit
-            if not mask & bit:
-                new += 1
+        if child_new and parent in held:
+            held[parent] += CHILD
         if new:
             self.counts[slot] = self.counts.get(slot, 0) + new
         return new
@@ -102,15 +121,15 @@ class Context:
     def remove(self, slot: int, engine_hash: EngineHash, key: int, copy: Copy) -> bool:
         """Drop ``slot``'s ``copy`` of a block; True when the slot no longer holds it at all."""
         bit = 1 << slot
-        mask = self.held.get(key, 0)
-        if not mask & bit:
+        packed_bit = bit << HOLDERS
+        value = self.held.get(key, 0)
+        if not value & packed_bit:
             self._unmap(slot, engine_hash)  # a dangling entry: the key was evicted
             return False
         detail = self.copies.get(key)
         if detail is None:
             if copy != PLAIN:
                 return False
-            mask ^= bit
         else:
             copy_mask = detail.get(copy, 0)
             if not copy_mask & bit:
@@ -119,27 +138,22 @@ class Context:
                 del detail[copy]
             else:
                 detail[copy] = copy_mask ^ bit
-            if not any(m & bit for m in detail.values()):
-                mask ^= bit
+            still = any(m & bit for m in detail.values())
             if not detail or (len(detail) == 1 and PLAIN in detail):
-                del self.copies[key]  # back to the plain layout: held == the plain mask
-        if mask & bit:
-            return False
+                del self.copies[key]  # back to the plain layout: holders == the plain mask
+            if still:
+                return False
         self._unmap(slot, engine_hash)
         self.counts[slot] -= 1
-        if mask:
-            self.held[key] = mask
-        else:
-            self._delete(key)
+        self._drop_holder(key, value, packed_bit)
         return True
 
     def clear_slot(self, slot: int) -> int:
         """Drop every copy ``slot`` holds here; returns how many blocks it held."""
         hashes = self.engine.pop(slot, {})
         held = self.counts.pop(slot, 0)
-        bit = 1 << slot
         for key in set(hashes.values()):
-            self._strip(key, bit)
+            self._strip(key, slot)
         self.dangling = max(0, self.dangling - len(hashes))
         return held
 
@@ -147,19 +161,23 @@ class Context:
         """Evict least recently stored leaf keys until at most ``target`` remain; returns how
         many. An inner key met on the way moves to the recent end: its subtree was used at
         least as recently as itself (its descendants arrived through a later parent link)."""
-        held, children = self.held, self.children
+        held = self.held
         evicted = spared = 0
         while len(held) > target:
             for key in list(islice(held, len(held) - target)):
+                value = held[key]
                 # spared > len(held): every key was an ancestor, which only a 64-bit key
                 # collision (a cycle) can cause; evict anyway rather than spin
-                if children.get(key) and spared <= len(held):
+                if value & _CHILDREN and spared <= len(held):
                     held[key] = held.pop(key)
                     spared += 1
-                else:
-                    self._evict(key)
-                    evicted += 1
-                    spared = 0
+                    continue
+                for slot in slots_of(value >> HOLDERS):
+                    self.counts[slot] -= 1
+                    self.dangling += 1
+                self._delete(key, value)
+                evicted += 1
+                spared = 0
         if self.dangling > len(held):
             self._sweep()
         return evicted
@@ -168,24 +186,20 @@ class Context:
         """(block, endpoint) pairs held here."""
         return sum(self.counts.values())
 
-    def _evict(self, key: int) -> None:
-        for slot in slots_of(self.held[key]):
-            self.counts[slot] -= 1
-            self.dangling += 1
-        self._delete(key)
-
     def _forget(self, slot: int, key: int) -> None:
         """The slot stops holding ``key`` in every medium and group."""
-        if self.held.get(key, 0) & (1 << slot):
+        if self.held.get(key, 0) >> HOLDERS & (1 << slot):
             self.counts[slot] -= 1
-            self._strip(key, 1 << slot)
+            self._strip(key, slot)
 
-    def _strip(self, key: int, bit: int) -> None:
-        mask = self.held.get(key, 0)
-        if not mask & bit:
+    def _strip(self, key: int, slot: int) -> None:
+        value = self.held.get(key, 0)
+        packed_bit = 1 << (slot + HOLDERS)
+        if not value & packed_bit:
             return
         detail = self.copies.get(key)
         if detail is not None:
+            bit = 1 << slot
             for copy in [c for c, m in detail.items() if m & bit]:
                 if detail[copy] == bit:
                     del detail[copy]
@@ -193,29 +207,34 @@ class Context:
                     detail[copy] ^= bit
             if not detail or (len(detail) == 1 and PLAIN in detail):
                 del self.copies[key]
-        if mask == bit:
-            self._delete(key)
+        self._drop_holder(key, value, packed_bit)
+
+    def _drop_holder(self, key: int, value: int, packed_bit: int) -> None:
+        value ^= packed_bit
+        if value >> HOLDERS:
+            self.held[key] = value
         else:
-            self.held[key] = mask ^ bit
+            self._delete(key, value)
 
     def _unmap(self, slot: int, engine_hash: EngineHash) -> None:
         hashes = self.engine.get(slot)
         if hashes is not None:
             hashes.pop(engine_hash, None)
 
-    def _delete(self, key: int) -> None:
-        del self.held[key]
-        self.copies.pop(key, None)
-        parent = self.parent.pop(key)
-        left = self.children[parent] - 1
-        if left:
-            self.children[parent] = left
-        else:
-            del self.children[parent]
+    def _delete(self, key: int, value: int) -> None:
+        held = self.held
+        del held[key]
+        if self.copies:
+            self.copies.pop(key, None)
+        parent = value & _PARENT
+        up = held.get(parent)
+        if up is not None and up & _CHILDREN:
+            held[parent] = up - CHILD
 
     def _sweep(self) -> None:
         """Drop engine entries whose key was evicted (amortised: runs when they outnumber keys)."""
         held = self.held
         for slot, hashes in self.engine.items():
-            self.engine[slot] = {h: k for h, k in hashes.items() if held.get(k, 0) >> slot & 1}
+            packed_bit = 1 << (slot + HOLDERS)
+            self.engine[slot] = {h: k for h, k in hashes.items() if held.get(k, 0) & packed_bit}
         self.dangling = 0

@@ -29,7 +29,7 @@ from heapq import heappop, heappush
 from typing import Final
 
 from kvsync import keys
-from kvsync.contexts import Context, slots_of
+from kvsync.contexts import HOLDERS, Context, Copy, slots_of
 from kvsync.model import GPU, AllBlocksCleared, BlockRemoved, BlockStored, EndpointId, Event
 
 DEFAULT_MEDIUM_WEIGHTS: Final[Mapping[str, float]] = {GPU: 1.0, "CPU": 0.8}
@@ -170,18 +170,21 @@ class PrefixIndex:
         """Apply one batch's events of ``endpoint`` in order."""
         out = ApplyOutcome()
         slot = self._slot(endpoint)
+        n_stored = n_removed = 0
         for event in events:
-            if isinstance(event, BlockStored):
-                name = STORED
-                self._stored(slot, context, event, now, out)
-            elif isinstance(event, BlockRemoved):
-                name = REMOVED
+            # BlockRemoved first: vLLM's GPU pool sends one per evicted hash, the most events
+            if isinstance(event, BlockRemoved):
+                n_removed += 1
                 self._removed(slot, event, now, out)
+            elif isinstance(event, BlockStored):
+                n_stored += 1
+                self._stored(slot, context, event, now, out)
             elif isinstance(event, AllBlocksCleared):
-                name = CLEARED
                 out.removed_blocks += self._clear(slot)
                 out.cleared += 1
-            out.events[name] = out.events.get(name, 0) + 1
+        for name, n in ((STORED, n_stored), (REMOVED, n_removed), (CLEARED, out.cleared)):
+            if n:
+                out.events[name] = n
         self._expire(now, out.evicted)
         return out
 
@@ -241,13 +244,14 @@ class PrefixIndex:
 
     def _removed(self, slot: int, event: BlockRemoved, now: float, out: ApplyOutcome) -> None:
         copy = (event.medium or GPU, event.group_idx or 0)
-        mine = [(k, self._contexts[k]) for k in self._in.get(slot, ())]
+        contexts = self._contexts
+        mine = [(k, contexts[k]) for k in self._in.get(slot, ())]
         for engine_hash in event.block_hashes:
             for ctx_key, ctx in mine:
-                key = ctx.resolve(slot, engine_hash)
+                key = ctx.engine[slot].get(engine_hash)
                 if key is not None:
                     out.removed_blocks += ctx.remove(slot, engine_hash, key, copy)
-                    self._contexts.move_to_end(ctx_key)
+                    contexts.move_to_end(ctx_key)
                     ctx.last_used = now
                     break
             else:
@@ -258,7 +262,7 @@ class PrefixIndex:
         for ctx_key in self._in.pop(slot, set()):
             ctx = self._contexts[ctx_key]
             dropped += ctx.clear_slot(slot)
-            if not ctx.held and not ctx.engine:
+            if not ctx.held and not any(ctx.engine.values()):
                 self._drop_context(ctx_key)
         return dropped
 
@@ -344,34 +348,42 @@ class PrefixIndex:
 
     def _match_context(self, ctx: Context, query: Query, allowed: int) -> list[Match]:
         held_get = ctx.held.get
-        alive = allowed
+        copies = ctx.copies
+        alive = allowed << HOLDERS  # packed values keep holders from bit 96 up
         runs: dict[int, int] = {}  # slot -> matched blocks
-        matched: list[int] = []  # keys of the blocks some endpoint still matches
+        odd: list[tuple[int, dict[Copy, int]]] = []  # matched blocks with non-plain copies
         position = 0
         for chunk in keys.query_chunks(query.token_ids, ctx.block_size, query.cache_salt):
             for key in chunk:
                 now_alive = held_get(key, 0) & alive
                 if now_alive != alive:
-                    for slot in slots_of(alive & ~now_alive):
+                    for slot in slots_of((alive & ~now_alive) >> HOLDERS):
                         runs[slot] = position
                     alive = now_alive
                     if not alive:
                         break
-                matched.append(key)
+                if copies and key in copies:
+                    odd.append((position, copies[key]))
                 position += 1
             if not alive:
                 break
-        if alive and matched:
-            for slot in slots_of(alive):
+        if alive:
+            for slot in slots_of(alive >> HOLDERS):
                 runs[slot] = position
-        return self._score(ctx, runs, matched)
+        return self._score(ctx.block_size, runs, odd)
 
-    def _score(self, ctx: Context, runs: dict[int, int], matched: list[int]) -> list[Match]:
+    def _score(
+        self, block_size: int, runs: dict[int, int], odd: list[tuple[int, dict[Copy, int]]]
+    ) -> list[Match]:
         weights = self.medium_weights
-        odd = [(i, ctx.copies[k]) for i, k in enumerate(matched) if k in ctx.copies]
+        gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
         result = []
         for slot, run in runs.items():
-            if not run:
+            endpoint = self._endpoint_at[slot]
+            if not run or endpoint is None:  # None cannot happen: a holding slot has one
+                continue
+            if not odd or odd[0][0] >= run:  # the common case: every block a plain GPU copy
+                result.append(Match(endpoint, run, run * gpu_weight, {GPU: run}, block_size))
                 continue
             by_medium = {GPU: run}  # assume the plain copy, then correct the odd blocks
             best = {GPU: run}  # blocks per best medium held: score = sum of count x weight
@@ -389,10 +401,7 @@ class PrefixIndex:
             score = sum(n * weights.get(m, OTHER_MEDIUM_WEIGHT) for m, n in best.items() if n)
             if not by_medium[GPU]:
                 del by_medium[GPU]
-            endpoint = self._endpoint_at[slot]
-            if endpoint is None:  # cannot happen: a slot holding blocks has an endpoint
-                continue
-            result.append(Match(endpoint, run, score, by_medium, ctx.block_size))
+            result.append(Match(endpoint, run, score, by_medium, block_size))
         return result
 
     def blocks_held(self, endpoint: EndpointId) -> int:

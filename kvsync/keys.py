@@ -93,13 +93,15 @@ def chain(
 
 
 def query_chunks(
-    token_ids: Sequence[int], block_size: int, cache_salt: str | None = None, chunk: int = 64
+    token_ids: Sequence[int], block_size: int, cache_salt: str | None = None, chunk: int = 16
 ) -> Iterator[list[int]]:
-    """The keys of a query's full blocks, ``chunk`` blocks at a time, so a lookup can stop
-    early without converting or hashing the rest of a long prompt."""
+    """The keys of a query's full blocks in chunks of ``chunk`` blocks, then four times as many
+    each time: a lookup that stops early neither converts nor hashes the rest of a long prompt,
+    and a long match pays the per-chunk overhead only a few times."""
     n_blocks = len(token_ids) // block_size
     key = ROOT
-    for first in range(0, n_blocks, chunk):
+    first = 0
+    while first < n_blocks:
         count = min(chunk, n_blocks - first)
         tokens = token_view(token_ids[first * block_size : (first + count) * block_size])
         extras: list[Extra] | None = None
@@ -108,3 +110,5 @@ def query_chunks(
         keys = chain(key, tokens, block_size, count, extras)
         key = keys[-1]
         yield keys
+        first += count
+        chunk *= 4
