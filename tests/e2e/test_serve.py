@@ -1,5 +1,6 @@
 """`kvsync serve --discovery kubernetes` as a process against a real apiserver and publishers."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,33 +13,46 @@ import pytest
 
 from kvsync.model import BlockStored
 from kvsync.sim.publisher import Publisher
-from tests.e2e.cluster import ROOT, Cluster, Pods, eventually, free_port
+from tests.e2e.cluster import ROOT, Cluster, Pods, eventually
 
 pytestmark = pytest.mark.e2e
 
 TOKENS = list(range(32))
 
 
+def started_url(log_path: Path) -> str | None:
+    """The daemon's URL from its ``daemon_started`` log line (it binds port 0: no race)."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"daemon_started"' in line:
+            return str(json.loads(line)["url"])
+    return None
+
+
 @pytest.fixture(name="serve")
 def _serve(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[str]:
     """The daemon in its own process, watching the test's namespace; yields its base URL."""
-    port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("wb")
     env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "KVSYNC_DRAIN_SECONDS": "0"}
     process = subprocess.Popen(
         [sys.executable, "-m", "kvsync", "serve", "--discovery", "kubernetes",
-         "--namespace", namespace, "--http-host", "127.0.0.1", "--http-port", str(port)],
+         "--namespace", namespace, "--http-host", "127.0.0.1", "--http-port", "0"],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{port}"
+        eventually(lambda: started_url(log_path) is not None or process.poll() is not None,
+                   timeout_s=60, what="daemon started")  # fmt: skip
+        url = started_url(log_path)
+        assert url is not None, log_path.read_text()[-3000:]
+        yield url
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0, (tmp_path / "serve.log").read_text()[-2000:]
+        assert process.wait(timeout=15) == 0, log_path.read_text()[-3000:]
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         log.close()
+        sys.stdout.write(log_path.read_text(errors="replace")[-3000:])  # shown on failure
 
 
 def answers(url: str, path: str) -> bool:
@@ -50,12 +64,14 @@ def answers(url: str, path: str) -> bool:
 
 @pytest.mark.timeout(120)
 def test_serve_follows_pods_and_answers_matches(serve: str, pods: Pods, namespace: str) -> None:
-    port = free_port()
-    publishers = [Publisher(host=f"127.0.8.{n}", pub_port=port, replay_port=None) for n in (2, 3)]
+    publishers = [Publisher(host=f"127.0.8.{n}", pub_port=0, replay_port=None) for n in (2, 3)]
+    ports = [p.pub_address.rsplit(":", 1)[1] for p in publishers]
     try:
-        notes = {"kvsync.io/pub-port": str(port)}
-        pods.create("vllm-a", annotations=notes, ip="127.0.8.2")
-        pods.create("vllm-b", annotations=notes, ip="127.0.8.3")
+        for name, host, port in (
+            ("vllm-a", "127.0.8.2", ports[0]),
+            ("vllm-b", "127.0.8.3", ports[1]),
+        ):
+            pods.create(name, annotations={"kvsync.io/pub-port": port}, ip=host)
         eventually(lambda: answers(serve, "/readyz"), what="ready (first list synced)")
         for number, publisher in enumerate(publishers):
             publisher.wait_for_subscriber()
@@ -73,8 +89,8 @@ def test_serve_follows_pods_and_answers_matches(serve: str, pods: Pods, namespac
         eventually(lambda: matches() == {a: 2, b: 2}, what="both pods match two blocks")
         listed = httpx.get(serve + "/v1/pods", timeout=5).json()["pods"]
         assert sorted((p["pod"], p["dp_rank"], p["model"], p["pub"]) for p in listed) == [
-            (a, 0, "llama", f"tcp://127.0.8.2:{port}"),
-            (b, 0, "llama", f"tcp://127.0.8.3:{port}"),
+            (a, 0, "llama", f"tcp://127.0.8.2:{ports[0]}"),
+            (b, 0, "llama", f"tcp://127.0.8.3:{ports[1]}"),
         ]
 
         pods.delete("vllm-a")
