@@ -195,3 +195,31 @@ def test_stop_is_bounded_while_a_watch_is_open(pods: Pods, start_informer: Start
     eventually(lambda: len(sink.snapshot()) == 1)
     eventually(lambda: all(w.thread.is_alive() for w in informer.watches))
     assert informer.stop(timeout_seconds=2)
+
+
+def test_several_namespaces_and_all_namespaces(
+    admin: client.ApiClient, pods: Pods, start_informer: StartInformer, namespace: str
+) -> None:
+    core = client.CoreV1Api(admin)
+    other = f"{namespace}-b"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    other_pods = Pods(core, other)
+    mark = {"kvsync-e2e": namespace}  # keeps other tests' pods out of the all-namespaces view
+    pods.create("here", labels=mark, ip="127.0.9.2")
+    other_pods.create("there", labels=mark, ip="127.0.9.3")
+    here, there = EndpointId(f"{namespace}/here", 0), EndpointId(f"{other}/there", 0)
+    expected = sorted([here, there])
+
+    both = RecordingSink()
+    listed = start_informer(both, namespaces=(namespace, other))
+    assert len(listed.watches) == 2  # one list/watch thread per namespace
+    eventually(lambda: ids(both) == expected, what="pods of both namespaces")
+    assert listed.synced.is_set()
+
+    everywhere = RecordingSink()
+    selector = f"model.aibrix.ai/kv-events-enabled=true,kvsync-e2e={namespace}"
+    cluster_wide = start_informer(everywhere, namespaces=(), selector=selector)
+    eventually(lambda: ids(everywhere) == expected, what="pods of every namespace")
+    other_pods.delete("there")
+    eventually(lambda: ids(everywhere) == [here] and ids(both) == [here])
+    assert cluster_wide.synced.is_set()
