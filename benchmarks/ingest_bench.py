@@ -12,7 +12,8 @@ Measured, for N in (1, 16, 200):
 * baseline: the same frames through decode + handler + index in this process, no sockets, no
   threads (the ratio is the price of sockets and the ingest thread);
 * lag (N=16): the child paces 25k, 50k and 100k blocks/s and stamps each batch's ts at send;
-  p50/p99 of (wall clock when applied - ts), medians over the repeats;
+  p50/p99 of (wall clock when applied - ts), medians over the repeats; a probe process that only
+  sleeps 1 ms at a time runs alongside, and its oversleep p99 is the machine's scheduling noise;
 * idle CPU (N=200 subscribed, no traffic): process CPU time / wall time over a few seconds.
 
 The machine is shared and noisy: each throughput figure is the median of ``--repeats`` runs, each
@@ -158,6 +159,25 @@ def _send(
             seqs[p] += 1
             sent += 1
     return sent
+
+
+def stall_probe(conn: Connection, seconds: float) -> None:
+    """A third process that only sleeps 1 ms at a time: how late the OS wakes it up.
+
+    The baseline for lag tails on a shared machine: a stall this process sees is one the ingest
+    thread can see too, whatever kvsync does.
+    """
+    late, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        asked = time.monotonic()
+        time.sleep(0.001)
+        late.append(time.monotonic() - asked - 0.001)
+    late.sort()
+    conn.send({
+        "oversleep_p50_ms": round(1000 * late[len(late) // 2], 3),
+        "oversleep_p99_ms": round(1000 * late[int(len(late) * 0.99)], 3),
+        "oversleep_max_ms": round(1000 * late[-1], 3),
+    })  # fmt: skip
 
 
 class Recorder:
@@ -354,13 +374,24 @@ def main() -> None:
         runs = []
         for _ in range(args.repeats):
             process, conn, addresses = with_child(streams, 16)
+            probe_end, probe_child = mp.get_context("fork").Pipe()
+            probe = mp.get_context("fork").Process(
+                target=stall_probe, args=(probe_child, lag_seconds + 1.0)
+            )
+            probe.start()
             try:
-                runs.append(socket_run(conn, addresses, positions, blocks, rate))
+                run = socket_run(conn, addresses, positions, blocks, rate)
             finally:
                 finish(process, conn)
+            run["same_time_stall_probe"] = probe_end.recv()
+            probe.join(10)
+            runs.append(run)
         out["lag_16_publishers"][f"{rate}_blocks_per_s"] = {
             "median_lag_p50_ms": statistics.median(r["lag_p50_ms"] for r in runs),
             "median_lag_p99_ms": statistics.median(r["lag_p99_ms"] for r in runs),
+            "median_probe_oversleep_p99_ms": statistics.median(
+                r["same_time_stall_probe"]["oversleep_p99_ms"] for r in runs
+            ),
             "drops": [r["drops"] for r in runs],
             "runs": runs,
         }
