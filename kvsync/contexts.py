@@ -22,15 +22,18 @@ Dict order is the store recency (a store moves its keys to the end, deepest bloc
 within a chain an ancestor is always more recent than its descendants).
 
 ``copies`` exists only for keys with a copy other than (GPU, group 0): the full breakdown
-(medium, group) -> slot mask. ``engine`` is, per slot, engine hash -> key, to resolve a
-BlockStored parent and a BlockRemoved; an entry goes when its endpoint stops holding the block,
-and entries whose key capacity eviction removed ("dangling", still correct: the key is what the
-tokens say) go in an amortised sweep.
+(medium, group) -> slot mask. ``engine`` is, per slot, engine hash -> key (a ``U64Map``: no
+Python object per entry), to resolve a BlockStored parent and a BlockRemoved; an entry goes
+when its endpoint stops holding the block, and entries whose key capacity eviction removed
+("dangling", still correct: the key is what the tokens say) go in an amortised sweep.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Final
+from typing import Final, Protocol, cast
+
+import xxhash
+from preshed.maps import PreshMap  # type: ignore[import-untyped]  # ships no stubs
 
 from kvsync.model import GPU, EngineHash
 
@@ -40,6 +43,38 @@ HOLDERS: Final = 96  # bit offset of the holder mask in a packed value
 CHILD: Final = 1 << 64  # one child in a packed value
 _PARENT: Final = (1 << 64) - 1
 _CHILDREN: Final = ((1 << 32) - 1) << 64
+
+
+class U64Map(Protocol):
+    """``preshed.maps.PreshMap``: uint64 -> uint64 in a C hash table (16 bytes a cell, no
+    Python object per entry: half the memory of a dict of ints). Missing keys read as None."""
+
+    def __getitem__(self, key: int) -> int | None: ...
+    def __setitem__(self, key: int, value: int) -> None: ...
+    def __len__(self) -> int: ...
+    def pop(self, key: int) -> int | None: ...
+    def items(self) -> Iterator[tuple[int, int]]: ...
+    def values(self) -> Iterator[int]: ...
+
+
+def u64(engine_hash: EngineHash) -> int:
+    """Engine hashes as uint64 map keys: 32-byte hashes (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``)
+    are hashed down to 64 bits; a collision inside one endpoint's cache is ~2^-64 likely."""
+    if isinstance(engine_hash, int):
+        return engine_hash
+    return xxhash.xxh3_64_intdigest(engine_hash)
+
+
+def u64s(engine_hashes: list[EngineHash]) -> list[int]:
+    """``u64`` of each; a decoded list holds one type (a mixed list fails decoding)."""
+    if engine_hashes and type(engine_hashes[0]) is int and type(engine_hashes[-1]) is int:
+        return engine_hashes  # type: ignore[return-value]  # ints: one type per list
+    return [u64(h) for h in engine_hashes]
+
+
+def u64_map() -> U64Map:
+    """A new, empty engine-hash map."""
+    return cast(U64Map, PreshMap())
 
 
 def slots_of(mask: int) -> Iterable[int]:
@@ -53,46 +88,60 @@ def slots_of(mask: int) -> Iterable[int]:
 class Context:
     """The blocks of one (model, adapter, block size) and who holds them."""
 
-    __slots__ = ("block_size", "copies", "counts", "dangling", "engine", "held", "last_used")
+    __slots__ = (
+        "block_size",
+        "copies",
+        "counts",
+        "dangling",
+        "engine",
+        "engine_live",
+        "held",
+        "last_used",
+    )
 
     def __init__(self, block_size: int, now: float) -> None:
         self.block_size = block_size
         self.held: dict[int, int] = {}
         self.copies: dict[int, dict[Copy, int]] = {}
-        self.engine: dict[int, dict[EngineHash, int]] = {}
+        self.engine: dict[int, U64Map] = {}  # slot -> engine hash (as uint64) -> key
+        # Live entries per slot map. A PreshMap counts deleted cells as filled and doubles on
+        # every resize, so under churn it would grow for ever: it is rebuilt once it holds
+        # twice as many cells as live entries (amortised O(1) per removal).
+        self.engine_live: dict[int, int] = {}
         self.counts: dict[int, int] = {}  # slot -> keys it holds here
         self.dangling = 0  # engine entries whose key capacity eviction removed
         self.last_used = now
 
-    def resolve(self, slot: int, engine_hash: EngineHash) -> int | None:
+    def resolve(self, slot: int, engine_hash: int) -> int | None:
         """The key of ``engine_hash`` as this endpoint stored it here, if known."""
         hashes = self.engine.get(slot)
-        return None if hashes is None else hashes.get(engine_hash)
+        return None if hashes is None else hashes[engine_hash]
 
     def holders(self, key: int) -> int:
         """Slot mask of the endpoints holding ``key`` in any copy."""
         return self.held.get(key, 0) >> HOLDERS
 
-    def store(
-        self, slot: int, parent: int, hashes: list[EngineHash], keys: list[int], copy: Copy
-    ) -> int:
+    def store(self, slot: int, parent: int, hashes: list[int], keys: list[int], copy: Copy) -> int:
         """Record that ``slot`` holds ``copy`` of each block; returns blocks newly held."""
         bit = 1 << slot
         packed_bit = bit << HOLDERS
         held, copies = self.held, self.copies
         engine = self.engine.get(slot)
         if engine is None:
-            engine = self.engine[slot] = {}
+            engine = self.engine[slot] = u64_map()
         plain = copy == PLAIN
-        new = 0
+        new = mapped = 0
         last = len(keys) - 1
         child_new = False  # whether the block after this one is a new key
         for i in range(last, -1, -1):  # deepest first: see the module docstring
             key = keys[i]
             engine_hash = hashes[i]
-            previous = engine.setdefault(engine_hash, key)  # one lookup in the common case
-            if previous != key:  # the engine reused a hash for other tokens
-                self._forget(slot, previous)
+            previous = engine[engine_hash]
+            if previous != key:
+                if previous is None:
+                    mapped += 1
+                else:  # the engine reused a hash for other tokens
+                    self._forget(slot, previous)
                 engine[engine_hash] = key
             # a new key's next block in this event is its child; setdefault inserts it at once
             fresh = packed_bit | (CHILD if i < last else 0) | (keys[i - 1] if i else parent)
@@ -116,9 +165,11 @@ class Context:
             held[parent] += CHILD
         if new:
             self.counts[slot] = self.counts.get(slot, 0) + new
+        if mapped:
+            self.engine_live[slot] = self.engine_live.get(slot, 0) + mapped
         return new
 
-    def remove(self, slot: int, engine_hash: EngineHash, key: int, copy: Copy) -> bool:
+    def remove(self, slot: int, engine_hash: int, key: int, copy: Copy) -> bool:
         """Drop ``slot``'s ``copy`` of a block; True when the slot no longer holds it at all."""
         bit = 1 << slot
         packed_bit = bit << HOLDERS
@@ -150,8 +201,11 @@ class Context:
 
     def clear_slot(self, slot: int) -> int:
         """Drop every copy ``slot`` holds here; returns how many blocks it held."""
-        hashes = self.engine.pop(slot, {})
+        hashes = self.engine.pop(slot, None)
+        self.engine_live.pop(slot, None)
         held = self.counts.pop(slot, 0)
+        if hashes is None:
+            return held
         for key in set(hashes.values()):
             self._strip(key, slot)
         self.dangling = max(0, self.dangling - len(hashes))
@@ -216,10 +270,17 @@ class Context:
         else:
             self._delete(key, value)
 
-    def _unmap(self, slot: int, engine_hash: EngineHash) -> None:
+    def _unmap(self, slot: int, engine_hash: int) -> None:
         hashes = self.engine.get(slot)
-        if hashes is not None:
-            hashes.pop(engine_hash, None)
+        if hashes is None or hashes.pop(engine_hash) is None:
+            return
+        live = self.engine_live[slot] - 1
+        self.engine_live[slot] = live
+        if len(hashes) > 2 * live + 64:  # len() counts deleted cells too
+            compact = u64_map()
+            for engine_hash_, key in hashes.items():
+                compact[engine_hash_] = key
+            self.engine[slot] = compact
 
     def _delete(self, key: int, value: int) -> None:
         held = self.held
@@ -236,5 +297,12 @@ class Context:
         held = self.held
         for slot, hashes in self.engine.items():
             packed_bit = 1 << (slot + HOLDERS)
-            self.engine[slot] = {h: k for h, k in hashes.items() if held.get(k, 0) & packed_bit}
+            kept = u64_map()
+            live = 0
+            for engine_hash, key in hashes.items():
+                if held.get(key, 0) & packed_bit:
+                    kept[engine_hash] = key
+                    live += 1
+            self.engine[slot] = kept
+            self.engine_live[slot] = live
         self.dangling = 0

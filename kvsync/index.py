@@ -28,12 +28,19 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Final
 
-from kvsync import keys
-from kvsync.contexts import HOLDERS, Context, Copy, slots_of
-from kvsync.model import GPU, AllBlocksCleared, BlockRemoved, BlockStored, EndpointId, Event
+from kvsync import contexts, keys, lookup
+from kvsync.contexts import Context, Copy
+from kvsync.model import (
+    GPU,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EndpointId,
+    Event,
+)
 
 DEFAULT_MEDIUM_WEIGHTS: Final[Mapping[str, float]] = {GPU: 1.0, "CPU": 0.8}
-OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium not in the weights (STORAGE, DISK, ...)
+OTHER_MEDIUM_WEIGHT: Final = lookup.OTHER_MEDIUM_WEIGHT  # STORAGE, DISK, ...: any other medium
 _LOW_WATERMARK: Final = 0.97  # evict a little below the limit so eviction runs in bursts
 
 Adapter = str | int | None  # a LoRA name, else a LoRA integer id, else the base model
@@ -217,7 +224,8 @@ class PrefixIndex:
         ctx = self._contexts.get(ctx_key)
         parent = keys.ROOT
         if event.parent_block_hash is not None:
-            found = None if ctx is None else ctx.resolve(slot, event.parent_block_hash)
+            parent_hash = contexts.u64(event.parent_block_hash)
+            found = None if ctx is None else ctx.resolve(slot, parent_hash)
             if found is None:
                 out.rejected[UNKNOWN_PARENT] = out.rejected.get(UNKNOWN_PARENT, 0) + 1
                 out.rejected_blocks += n_blocks
@@ -235,7 +243,7 @@ class PrefixIndex:
             parent, keys.token_view(event.token_ids), event.block_size, n_blocks, extras
         )
         copy = (event.medium or GPU, event.group_idx or 0)
-        out.stored_blocks += ctx.store(slot, parent, event.block_hashes, chain, copy)
+        out.stored_blocks += ctx.store(slot, parent, contexts.u64s(event.block_hashes), chain, copy)
         self._in.setdefault(slot, set()).add(ctx_key)
         limit = self.limits.max_keys_per_context
         if len(ctx.held) > limit:
@@ -244,14 +252,14 @@ class PrefixIndex:
 
     def _removed(self, slot: int, event: BlockRemoved, now: float, out: ApplyOutcome) -> None:
         copy = (event.medium or GPU, event.group_idx or 0)
-        contexts = self._contexts
-        mine = [(k, contexts[k]) for k in self._in.get(slot, ())]
-        for engine_hash in event.block_hashes:
+        by_key = self._contexts
+        mine = [(k, by_key[k]) for k in self._in.get(slot, ())]
+        for engine_hash in contexts.u64s(event.block_hashes):
             for ctx_key, ctx in mine:
-                key = ctx.engine[slot].get(engine_hash)
+                key = ctx.engine[slot][engine_hash]
                 if key is not None:
                     out.removed_blocks += ctx.remove(slot, engine_hash, key, copy)
-                    contexts.move_to_end(ctx_key)
+                    by_key.move_to_end(ctx_key)
                     ctx.last_used = now
                     break
             else:
@@ -262,7 +270,7 @@ class PrefixIndex:
         for ctx_key in self._in.pop(slot, set()):
             ctx = self._contexts[ctx_key]
             dropped += ctx.clear_slot(slot)
-            if not ctx.held and not any(ctx.engine.values()):
+            if not ctx.held and not any(len(h) for h in ctx.engine.values()):
                 self._drop_context(ctx_key)
         return dropped
 
@@ -331,7 +339,8 @@ class PrefixIndex:
             ctx = self._contexts[ctx_key]
             self._contexts.move_to_end(ctx_key)
             ctx.last_used = now
-            for match in self._match_context(ctx, query, allowed):
+            runs, odd = lookup.walk(ctx, query.token_ids, query.cache_salt, allowed)
+            for match in self._matches(ctx.block_size, runs, odd):
                 slot = self._slot_of[match.endpoint]
                 old = best.get(slot)
                 if old is None or (match.matched_tokens, match.score) > (
@@ -346,62 +355,15 @@ class PrefixIndex:
         bs = matches[0].block_size if matches else sizes[0]
         return MatchResult(bs, len(query.token_ids) // bs, matches)
 
-    def _match_context(self, ctx: Context, query: Query, allowed: int) -> list[Match]:
-        held_get = ctx.held.get
-        copies = ctx.copies
-        alive = allowed << HOLDERS  # packed values keep holders from bit 96 up
-        runs: dict[int, int] = {}  # slot -> matched blocks
-        odd: list[tuple[int, dict[Copy, int]]] = []  # matched blocks with non-plain copies
-        position = 0
-        for chunk in keys.query_chunks(query.token_ids, ctx.block_size, query.cache_salt):
-            for key in chunk:
-                now_alive = held_get(key, 0) & alive
-                if now_alive != alive:
-                    for slot in slots_of((alive & ~now_alive) >> HOLDERS):
-                        runs[slot] = position
-                    alive = now_alive
-                    if not alive:
-                        break
-                if copies and key in copies:
-                    odd.append((position, copies[key]))
-                position += 1
-            if not alive:
-                break
-        if alive:
-            for slot in slots_of(alive >> HOLDERS):
-                runs[slot] = position
-        return self._score(ctx.block_size, runs, odd)
-
-    def _score(
+    def _matches(
         self, block_size: int, runs: dict[int, int], odd: list[tuple[int, dict[Copy, int]]]
     ) -> list[Match]:
-        weights = self.medium_weights
-        gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
         result = []
         for slot, run in runs.items():
             endpoint = self._endpoint_at[slot]
-            if not run or endpoint is None:  # None cannot happen: a holding slot has one
-                continue
-            if not odd or odd[0][0] >= run:  # the common case: every block a plain GPU copy
-                result.append(Match(endpoint, run, run * gpu_weight, {GPU: run}, block_size))
-                continue
-            by_medium = {GPU: run}  # assume the plain copy, then correct the odd blocks
-            best = {GPU: run}  # blocks per best medium held: score = sum of count x weight
-            bit = 1 << slot
-            for i, detail in odd:
-                if i >= run:
-                    break
-                media = {medium for (medium, _), mask in detail.items() if mask & bit}
-                by_medium[GPU] -= 1
-                best[GPU] -= 1
-                for medium in media:
-                    by_medium[medium] = by_medium.get(medium, 0) + 1
-                top = max(media, key=lambda m: weights.get(m, OTHER_MEDIUM_WEIGHT))
-                best[top] = best.get(top, 0) + 1
-            score = sum(n * weights.get(m, OTHER_MEDIUM_WEIGHT) for m, n in best.items() if n)
-            if not by_medium[GPU]:
-                del by_medium[GPU]
-            result.append(Match(endpoint, run, score, by_medium, block_size))
+            if run and endpoint is not None:  # None cannot happen: a holding slot has one
+                score, by_medium = lookup.score(slot, run, odd, self.medium_weights)
+                result.append(Match(endpoint, run, score, by_medium, block_size))
         return result
 
     def blocks_held(self, endpoint: EndpointId) -> int:
@@ -414,7 +376,7 @@ class PrefixIndex:
     def stats(self) -> IndexStats:
         """Sizes over every context."""
         n_keys = sum(len(c.held) for c in self._contexts.values())
-        hashes = sum(len(h) for c in self._contexts.values() for h in c.engine.values())
+        hashes = sum(sum(c.engine_live.values()) for c in self._contexts.values())
         return IndexStats(
             endpoints=len(self._slot_of),
             contexts=len(self._contexts),
