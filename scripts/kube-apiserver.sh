@@ -22,7 +22,8 @@ log() { echo "kube-apiserver.sh: $*" >&2; }
 
 apt_install() {
     local missing=()
-    for cmd_pkg in etcd:etcd-server etcdctl:etcd-client go:golang-go rsync:rsync make:make openssl:openssl; do
+    for cmd_pkg in etcd:etcd-server etcdctl:etcd-client go:golang-go rsync:rsync make:make \
+        openssl:openssl curl:curl; do
         command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || missing+=("${cmd_pkg#*:}")
     done
     [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
@@ -145,7 +146,7 @@ start() {
     local run
     run="$(run_dir "${1:-}")"
     [ -x "$APISERVER_BIN" ] || build
-    command -v etcd >/dev/null || apt_install
+    apt_install # etcd, etcdctl, curl, openssl (a no-op when present)
     mkdir -p "$run/certs"
     [ -f "$run/certs/sa.key" ] || {
         openssl genrsa -out "$run/certs/sa.key" 2048 2>/dev/null
