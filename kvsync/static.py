@@ -124,20 +124,21 @@ class StaticDiscovery:
         return self._error
 
     def _run(self) -> None:
-        assert self._path is not None  # noqa: S101  # start() runs the thread only with a path
-        while not self._stopping.is_set():
+        path = self._path
+        while path is not None and not self._stopping.is_set():
             requested = self._wake.wait(self._poll_seconds)
             self._wake.clear()
             if self._stopping.is_set():
                 break
-            signature = _signature(self._path)
+            signature = _signature(path)
             if requested or signature != self._signature:
                 self._signature = signature
                 self.reload()
 
     def reload(self) -> list[Command]:
         """Re-read the file and send what changed; on error keep the previous endpoints."""
-        assert self._path is not None  # noqa: S101  # only called with a file to read
+        if self._path is None:
+            return []  # flags only: nothing to re-read
         try:
             found = read_endpoints_file(self._path, self._flags)
         except ConfigError as exc:
