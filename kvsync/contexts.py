@@ -173,11 +173,12 @@ class Context:
         """Drop ``slot``'s ``copy`` of a block; True when the slot no longer holds it at all."""
         bit = 1 << slot
         packed_bit = bit << HOLDERS
-        value = self.held.get(key, 0)
+        held = self.held
+        value = held.get(key, 0)
         if not value & packed_bit:
             self._unmap(slot, engine_hash)  # a dangling entry: the key was evicted
             return False
-        detail = self.copies.get(key)
+        detail = self.copies.get(key) if self.copies else None
         if detail is None:
             if copy != PLAIN:
                 return False
@@ -196,7 +197,11 @@ class Context:
                 return False
         self._unmap(slot, engine_hash)
         self.counts[slot] -= 1
-        self._drop_holder(key, value, packed_bit)
+        value ^= packed_bit
+        if value >> HOLDERS:
+            held[key] = value
+        else:
+            self._delete(key, value)
         return True
 
     def clear_slot(self, slot: int) -> int:
