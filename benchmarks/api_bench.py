@@ -24,6 +24,7 @@ p50/p99 and achieved rps for both, their ratios, and the ingest rate the daemon 
 import argparse
 import json
 import multiprocessing
+import os
 import random
 import selectors
 import socket
@@ -247,6 +248,13 @@ def _applied_blocks(port: int) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _drain(port: int, sent_blocks: "Synchronized[int]", setup_blocks: int) -> float:
     """Wait until the daemon applied every block sent (a backlog must not leak into the next
     phase); returns how long that took."""
@@ -302,9 +310,14 @@ def main() -> None:
                     ingest_on.set()
                     time.sleep(1.0)  # let ingest reach its rate before measuring
                 applied_before, sent_before = _applied_blocks(http_port), sent_blocks.value
+                cpu_before = _cpu_seconds(daemon.pid)
                 started = time.monotonic()
                 result = load(http_port, requests, rate, args.seconds)
                 took = time.monotonic() - started
+                cpu = _cpu_seconds(daemon.pid) - cpu_before
+                result["daemon_cpu_percent"] = round(100 * cpu / took, 1)
+                if not ingest:  # all of the daemon's work is lookups
+                    result["daemon_cpu_ms_per_request"] = round(1000 * cpu / result["requests"], 3)
                 result["ingest"] = ingest
                 result["ingest_sent_blocks_per_s"] = round((sent_blocks.value - sent_before) / took)
                 result["ingest_applied_blocks_per_s"] = round(
