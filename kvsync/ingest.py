@@ -108,6 +108,7 @@ class IngestSettings:
     drain_max: int = 256  # messages per socket per poll round: fairness between publishers
     poll_ms: int = 100  # bounds the latency of commands and of stop()
     log_interval_s: float = 60.0  # per endpoint and event, after the first occurrence
+    max_sockets: int = 8192  # zmq context limit: one SUB per endpoint, a DEALER per replay
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,7 @@ class SubscriberManager:
 
     def _guarded(self) -> None:
         self._ctx = zmq.Context()
+        self._ctx.set(zmq.MAX_SOCKETS, self._settings.max_sockets)  # libzmq's default: 1,023
         try:
             self._loop()
         except Exception:  # the thread boundary: log once, report, close
@@ -234,10 +235,8 @@ class SubscriberManager:
         with self._stats_lock:
             sub.decode_errors += 1
             self._totals.count_decode_error(exc.reason)
-        interval = self._settings.log_interval_s
-        sub.warn(
-            "decode_error", now.mono, interval, reason=exc.reason.value, detail=exc.detail[:200]
-        )
+        detail, interval = exc.detail[:200], self._settings.log_interval_s
+        sub.warn("decode_error", now.mono, interval, reason=exc.reason.value, detail=detail)
 
     def _after(self, sub: Subscription, out: Outcome, now: Instant) -> None:
         """Perform the socket work an outcome asks for, then count and log it."""
