@@ -344,12 +344,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="100k blocks, 200 queries")
+    parser.add_argument("--rounds", type=int, default=3, help="variants alternate; medians")
+    parser.add_argument("--quick", action="store_true", help="100k blocks, 200 queries, 1 round")
     parser.add_argument("--variant", choices=["kvsync", "naive", "dynamo"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.blocks, args.queries = 100_000, 200
+        args.blocks, args.queries, args.rounds = 100_000, 200, 1
     if args.variant:  # child process: one variant, JSON on stdout
         # The workload comes from the parent's file and stays alive, so the RSS growth over
         # the ingest is the variant's structures alone (no freed build garbage to reuse).
@@ -369,17 +370,28 @@ def main() -> None:
         variants.append("dynamo")
     except ImportError:
         pass
-    results = {}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.NamedTemporaryFile(suffix=".msgpack") as f:
         f.write(msgspec.msgpack.encode({
             "frames": work.frames, "stored": work.stored_blocks, "removed": work.removed_blocks,
             "live": work.live_pairs, "queries": work.queries,
         }))  # fmt: skip
         f.flush()
-        for variant in variants:
-            cmd = [sys.executable, __file__, "--variant", variant, "--workload", f.name]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        # Variants alternate round by round, so a burst of load on the shared machine hits
+        # them alike; every figure is the median over the rounds.
+        for _ in range(args.rounds):
+            for variant in variants:
+                cmd = [sys.executable, __file__, "--variant", variant, "--workload", f.name]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                runs[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = {}
+    for variant, rounds in runs.items():
+        merged: dict[str, Any] = {
+            k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "answers"
+        }
+        merged["answers"] = rounds[0]["answers"]
+        merged["answers_stable"] = all(r["answers"] == rounds[0]["answers"] for r in rounds)
+        results[variant] = merged
     mine = results["kvsync"]
     report: dict[str, Any] = {
         "benchmark": "index",
@@ -389,6 +401,7 @@ def main() -> None:
             "removed_blocks": work.removed_blocks,
             "live_block_endpoint_pairs": work.live_pairs,
             "queries_per_size": args.queries,
+            "rounds": args.rounds,
         },
     }
     for result in results.values():
