@@ -41,7 +41,6 @@ from typing import Final, Generic, Protocol, TypeVar
 from kvsync import ingest
 from kvsync.model import Batch, BlockRemoved, BlockStored, EndpointId, Event, ReplayEnd
 
-Settings = ingest.ReplaySettings  # the handler's knobs, under the name its callers know
 _DEFAULTS: Final = ingest.ReplaySettings()
 
 ContextT = TypeVar("ContextT")
