@@ -23,6 +23,15 @@ LEVELS: Final = ("debug", "info", "warning", "error")
 # Library loggers that are chatty at info: one line per HTTP request or connection.
 _QUIET_LIBRARIES: Final = ("urllib3", "kubernetes.client.rest", "uvicorn.access")
 
+
+def _drop_color_message(
+    _logger: object, _method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """uvicorn adds an ANSI-coloured copy of each message as an extra; keep the plain one."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 _SHARED: Final[list[Processor]] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -59,7 +68,12 @@ def configure(
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder()],
+            foreign_pre_chain=[
+                *_SHARED,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                _drop_color_message,
+            ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *tracebacks,

@@ -134,6 +134,9 @@ def test_sigterm_turns_readyz_503_drains_and_exits_0() -> None:
     assert config_line["api_token"] == config.REDACTED
     assert TOKEN not in json.dumps(daemon.lines)
     assert all({"timestamp", "level", "event"} <= set(line) for line in daemon.lines)
+    uvicorn_lines = [line for line in daemon.lines if line.get("logger") == "uvicorn.error"]
+    assert uvicorn_lines  # stdlib loggers come out as the same JSON lines
+    assert all("color_message" not in line for line in uvicorn_lines)
 
 
 def test_second_signal_exits_at_once_with_128_plus_signum() -> None:
