@@ -274,16 +274,11 @@ class Signals:
             self._daemon.discovery.request_reload()
 
 
-def run(settings: Settings) -> int:
-    """``kvsync serve``: run until a signal or a crash; returns the exit code."""
-    log.info("config_loaded", **settings.redacted())
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    daemon = Daemon(settings)
-    signals = Signals(daemon)
-    signals.install()
-    daemon.start()
+def supervise(daemon: Daemon, stop_requested: threading.Event) -> tuple[int, bool]:
+    """Wait for a stop request or a crash, drain, stop in order; (exit code, stopped cleanly)."""
+    settings = daemon.settings
     crashed = None
-    while not signals.received.wait(WATCH_INTERVAL_SECONDS):
+    while not stop_requested.wait(WATCH_INTERVAL_SECONDS):
         crashed = daemon.crashed()
         if crashed is not None:
             break
@@ -298,6 +293,22 @@ def run(settings: Settings) -> int:
     clean = daemon.stop(settings.stop_timeout_seconds)
     code = EXIT_OK if crashed is None and clean else EXIT_CRASHED
     log.info("exiting", code=code)
+    return code, clean
+
+
+def run(settings: Settings) -> int:
+    """``kvsync serve``: run until a signal or a crash; returns the exit code."""
+    log.info("config_loaded", **settings.redacted())
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    daemon = Daemon(settings)
+    signals = Signals(daemon)
+    signals.install()
+    try:
+        daemon.start()
+    except ConfigError:
+        daemon.stop(settings.stop_timeout_seconds)
+        raise
+    code, clean = supervise(daemon, signals.received)
     if not clean:  # a thread that would not stop must not hold the interpreter's exit hostage
         sys.stdout.flush()
         os._exit(code)

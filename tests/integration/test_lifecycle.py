@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
-from kvsync import config
+from kvsync import config, runtime
 from kvsync.sim import Fleet
 
 pytestmark = pytest.mark.integration
@@ -179,3 +181,18 @@ def test_address_in_use_exits_2() -> None:
             err = daemon.proc.stderr.read().decode()
     assert err.startswith(f"kvsync: cannot listen on 127.0.0.1:{port}")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("component", ["ingest", "http"])
+def test_a_crashed_component_is_logged_and_the_exit_code_is_1(component: str) -> None:
+    settings = config.load(["--http-host", "127.0.0.1", "--http-port", "0"], {})
+    daemon = runtime.Daemon(settings)
+    daemon.start()
+    # What the component's thread guard does when its thread dies of an unexpected error.
+    crashed = daemon.ingest.failed if component == "ingest" else daemon.http_crashed
+    crashed.set()
+    with capture_logs() as logs:
+        code, clean = runtime.supervise(daemon, threading.Event())
+    assert (code, clean) == (1, True)
+    assert {"event": "component_crashed", "component": component, "log_level": "error"} in logs
+    assert not daemon.http.alive
