@@ -13,6 +13,7 @@ ingest thread takes the same lock per batch. Wait and hold times of the lock are
 Raises nothing to its callers: every request gets an answer.
 """
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable, Sequence
@@ -84,6 +85,7 @@ class ApiSettings:
     max_body_bytes: int
     max_query_tokens: int
     api_token: str | None = None
+    body_timeout_s: float = 30.0
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -135,11 +137,16 @@ class Api:
             raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # chunked or lying about its length: stop reading now
-                raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
-            chunks.append(chunk)
+        deadline = self._settings.body_timeout_s
+        try:
+            async with asyncio.timeout(deadline):  # a client that stalls mid-body is cut off
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:  # chunked or lying about its length: stop reading now
+                        raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Rejected(408, "timeout", f"body not received within {deadline} s") from None
         if size == 0:
             raise Rejected(400, "empty_body", "empty body")
         return b"".join(chunks)

@@ -91,6 +91,7 @@ def running_api(
     token: str | None = None,
     max_body_bytes: int = 16 * 1024 * 1024,
     max_query_tokens: int = 1_000_000,
+    body_timeout_s: float = 30.0,
     pods: Sequence[schemas.PodStatus] = (),
     snapshot: metrics.Snapshot | None = None,
     ages: Mapping[EndpointId, float] | None = None,
@@ -108,7 +109,10 @@ def running_api(
             health=health,
             registry=metrics.registry(None if snapshot is None else lambda: snapshot),
             settings=api.ApiSettings(
-                max_body_bytes=max_body_bytes, max_query_tokens=max_query_tokens, api_token=token
+                max_body_bytes=max_body_bytes,
+                max_query_tokens=max_query_tokens,
+                api_token=token,
+                body_timeout_s=body_timeout_s,
             ),
         )
     )

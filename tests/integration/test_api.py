@@ -228,6 +228,18 @@ def test_declared_length_over_the_limit_is_413_before_any_body_is_sent() -> None
         assert json.loads(body) == {"error": "body over the limit of 1024 bytes"}
 
 
+def test_a_client_stalling_mid_body_gets_408_not_a_hung_request() -> None:
+    with running_api(body_timeout_s=0.5) as harness:
+        with socket.create_connection(("127.0.0.1", harness.port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /v1/match HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"model": '
+            )
+            head, body = _read_response(raw)
+        assert head.startswith(b"HTTP/1.1 408")
+        assert json.loads(body) == {"error": "body not received within 0.5 s"}
+
+
 def test_probes(client: httpx.Client) -> None:
     assert client.get("/livez").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ok"}
