@@ -32,11 +32,30 @@ unit: install
 test: lint types arch
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
+# Helm chart and image checks with the real tools (helm, kubernetes-validate, hadolint), installed
+# into ~/.cache/kvsync-test by scripts/tools.sh. A failed install fails here (in `make test` the
+# chart tests would only skip).
+chart: install
+	bash scripts/tools.sh check
+	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
+
+# The e2e tier: a real kube-apiserver + etcd on loopback (built once from Debian's kubernetes
+# source package and cached in ~/.cache/kvsync-test; the first build takes several minutes).
+e2e: install
+	bash scripts/kube-apiserver.sh build
+	bash scripts/tools.sh >/dev/null
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
 demo: install
 	$(VENV)/bin/kvsync demo
 
 bench: install
 	$(PY) benchmarks/decode_bench.py
+	$(PY) benchmarks/index_bench.py
+	$(PY) benchmarks/ingest_bench.py
+	$(PY) benchmarks/api_bench.py
+	$(PY) benchmarks/sim_bench.py
+	$(PY) benchmarks/discovery_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
