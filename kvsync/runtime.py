@@ -30,7 +30,7 @@ from kvsync import api, index, informer, metrics, schemas, server, static
 from kvsync.config import Settings
 from kvsync.discovery import PodDefaults
 from kvsync.errors import ConfigError
-from kvsync.ingest import IngestSettings, IngestStats, ReplaySettings
+from kvsync.ingest import IngestSettings, ReplaySettings
 from kvsync.model import EndpointId
 from kvsync.subscribers import SubscriberManager
 
@@ -65,33 +65,6 @@ def read_token(settings: Settings) -> str | None:
     if not token:
         raise ConfigError(f"--api-token-file {settings.api_token_file}: the file is empty")
     return token
-
-
-def pod_status(stats: IngestStats, now: float) -> list[schemas.PodStatus]:
-    """``GET /v1/pods`` rows from an ingest snapshot, sorted by pod and rank."""
-    rows = []
-    for found in stats.endpoints:
-        endpoint = found.endpoint
-        age = None if found.last_event_at is None else max(0.0, now - found.last_event_at)
-        rows.append(
-            schemas.PodStatus(
-                pod=endpoint.id.pod,
-                dp_rank=endpoint.id.dp_rank,
-                model=endpoint.model,
-                pub=endpoint.pub,
-                replay=endpoint.replay,
-                state=found.state,
-                last_seq=found.last_seq,
-                last_event_age_s=None if age is None else round(age, 3),
-                blocks=found.blocks,
-                gaps=found.gaps,
-                replays=found.replays,
-                resets=found.resets,
-                decode_errors=found.decode_errors,
-            )
-        )
-    rows.sort(key=lambda row: (row.pod, row.dp_rank))
-    return rows
 
 
 class Daemon:
@@ -135,7 +108,7 @@ class Daemon:
         app = api.create_app(
             api.Api(
                 reader=api.IndexReader(self.index, self.lock),
-                pods=lambda: pod_status(self.ingest.snapshot(), time.monotonic()),
+                pods=lambda: schemas.pod_rows(self.ingest.snapshot(), time.monotonic()),
                 event_age=self._event_age,
                 health=self,
                 registry=metrics.registry(self.metrics_snapshot),

@@ -3,7 +3,8 @@
 Requests are decoded strictly: unknown fields are rejected, and nothing is coerced (``"1"``,
 ``1.0`` and ``true`` are not token ids; token ids are ints in [0, 2^32)). Responses are encoded
 by msgspec from these Structs, so the OpenAPI document generated from them is the contract the
-server actually speaks. Raises nothing itself; decoding raises msgspec's errors, which
+server actually speaks. ``pod_rows`` turns an ingest snapshot into ``GET /v1/pods`` rows. Raises
+nothing itself; decoding raises msgspec's errors, which
 ``kvsync.api`` turns into 400 / 422 answers.
 """
 
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from kvsync import __version__
+from kvsync.ingest import IngestStats
 from kvsync.model import TOKEN_LIMIT
 
 TokenId = Annotated[int, msgspec.Meta(ge=0, lt=TOKEN_LIMIT)]
@@ -70,6 +72,33 @@ class PodStatus(msgspec.Struct, frozen=True):
     decode_errors: int
 
 
+def pod_rows(stats: IngestStats, now: float) -> list[PodStatus]:
+    """``GET /v1/pods`` rows from an ingest snapshot, sorted by pod and rank."""
+    rows = []
+    for found in stats.endpoints:
+        endpoint = found.endpoint
+        age = None if found.last_event_at is None else max(0.0, now - found.last_event_at)
+        rows.append(
+            PodStatus(
+                pod=endpoint.id.pod,
+                dp_rank=endpoint.id.dp_rank,
+                model=endpoint.model,
+                pub=endpoint.pub,
+                replay=endpoint.replay,
+                state=found.state,
+                last_seq=found.last_seq,
+                last_event_age_s=None if age is None else round(age, 3),
+                blocks=found.blocks,
+                gaps=found.gaps,
+                replays=found.replays,
+                resets=found.resets,
+                decode_errors=found.decode_errors,
+            )
+        )
+    rows.sort(key=lambda row: (row.pod, row.dp_rank))
+    return rows
+
+
 class PodsResponse(msgspec.Struct, frozen=True):
     pods: list[PodStatus]
 
@@ -95,6 +124,7 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 _ERRORS: Final = {
     "400": "empty body or malformed JSON",
+    "408": "the body was not received in time",
     "401": "bearer token missing or wrong (only when the server has one)",
     "413": "body over the size limit, or more token ids than the limit",
     "415": "Content-Type is not application/json",
