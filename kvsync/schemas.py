@@ -3,9 +3,9 @@
 Requests are decoded strictly: unknown fields are rejected, and nothing is coerced (``"1"``,
 ``1.0`` and ``true`` are not token ids; token ids are ints in [0, 2^32)). Responses are encoded
 by msgspec from these Structs, so the OpenAPI document generated from them is the contract the
-server actually speaks. ``pod_rows`` turns an ingest snapshot into ``GET /v1/pods`` rows. Raises
-nothing itself; decoding raises msgspec's errors, which
-``kvsync.api`` turns into 400 / 422 answers.
+server actually speaks. ``pod_rows`` turns an ingest snapshot into ``GET /v1/pods`` rows.
+Raises nothing itself; decoding raises msgspec's errors, which ``kvsync.api`` turns into 400 /
+422 answers.
 """
 
 from typing import Annotated, Any, Final
