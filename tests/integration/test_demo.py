@@ -1,6 +1,7 @@
 """``kvsync demo --duration 10``: a bounded run whose sampled answers agree with ground truth."""
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -49,3 +50,28 @@ def test_bad_options_exit_2() -> None:
     )
     assert done.returncode == 2
     assert done.stderr == "kvsync demo: --pods must be >= 1 and --duration > 0\n"
+
+
+def test_ctrl_c_stops_the_demo_cleanly() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "kvsync", "demo", "--http-port", "0", "--sample-seconds", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the first sample: the fleet, the daemon and the view run
+            if line.startswith("sample "):
+                break
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, err
+    summary = SUMMARY.match(out.splitlines()[-1])
+    assert summary is not None, out
+    assert summary["disagreed"] == "0"
+    assert "Traceback" not in err

@@ -120,6 +120,11 @@ def test_sigterm_turns_readyz_503_drains_and_exits_0() -> None:
                     return len(pods) == 2 and sum(p["blocks"] for p in pods) > 0
 
                 poll(ingested, what="blocks in /v1/pods")
+                scraped = http.get("/metrics").text  # scrape-time values from the live daemon
+                assert 'kvsync_endpoints{state="live"} 2.0' in scraped
+                assert 'kvsync_blocks_applied_total{type="stored"} 0.0' not in scraped
+                assert "kvsync_index_keys 0.0" not in scraped
+                assert 'kvsync_index_lock_hold_seconds_count{side="ingest"}' in scraped
                 started = time.monotonic()
                 daemon.proc.send_signal(signal.SIGTERM)
                 poll(lambda: _status(http, "/readyz") == 503, what="/readyz 503")
