@@ -174,25 +174,28 @@ class Api:
             pods=pods,
         )
         result = self._reader.match(query)
-        block_size, query_blocks = result.block_size, result.query_blocks
-        matches = [
-            schemas.EndpointMatch(
-                pod=found.endpoint.pod,
-                dp_rank=found.endpoint.dp_rank,
-                matched_blocks=found.matched_blocks,
-                matched_tokens=found.matched_blocks * block_size,
-                percent=found.matched_blocks * 100 // query_blocks,
-                score=found.score,
-                by_medium=dict(found.by_medium),
-                last_event_age_s=self._event_age(found.endpoint),
+        tokens = len(request.token_ids)
+        matches = []
+        for found in result.matches:
+            # A context with several block sizes answers each endpoint in its own block size.
+            size = found.block_size or result.block_size
+            matches.append(
+                schemas.EndpointMatch(
+                    pod=found.endpoint.pod,
+                    dp_rank=found.endpoint.dp_rank,
+                    matched_blocks=found.matched_blocks,
+                    matched_tokens=found.matched_blocks * size,
+                    percent=100 * found.matched_blocks // (tokens // size),
+                    score=found.score,
+                    by_medium=dict(found.by_medium),
+                    last_event_age_s=self._event_age(found.endpoint),
+                )
             )
-            for found in result.matches
-        ]
         return schemas.MatchResponse(
             model=request.model,
             lora_name=request.lora_name,
-            block_size=block_size,
-            query_blocks=query_blocks,
+            block_size=result.block_size,
+            query_blocks=result.query_blocks,
             matches=matches,
         )
 

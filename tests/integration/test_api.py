@@ -98,6 +98,19 @@ def test_query_shorter_than_a_block(client: httpx.Client) -> None:
     assert _match(client, token_ids=[]).json()["query_blocks"] == 0
 
 
+def test_mixed_block_sizes_answer_each_endpoint_in_its_own() -> None:
+    prefix_index = index.PrefixIndex()
+    tokens = list(range(500, 516))
+    store(prefix_index, A0, tokens)  # 4 blocks of 4
+    store(prefix_index, B0, tokens[:8], block_size=8, first_hash=50)  # 1 block of 8
+    with running_api(prefix_index) as harness, httpx.Client(base_url=harness.url) as http:
+        body = http.post("/v1/match", json={"model": MODEL, "token_ids": tokens}).json()
+    found = {m["pod"]: m for m in body["matches"]}
+    assert (found[A0.pod]["matched_tokens"], found[A0.pod]["percent"]) == (16, 100)
+    assert (found[B0.pod]["matched_blocks"], found[B0.pod]["matched_tokens"]) == (1, 8)
+    assert found[B0.pod]["percent"] == 50  # 1 of the query's 2 blocks of 8
+
+
 def test_pods_lists_endpoints_in_the_contract_shape(client: httpx.Client) -> None:
     response = client.get("/v1/pods")
     assert response.status_code == 200
