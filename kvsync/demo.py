@@ -38,7 +38,10 @@ CURL_TOKENS: Final = 64
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(prog="kvsync demo", description=__doc__.splitlines()[0])
+    result = argparse.ArgumentParser(
+        prog="kvsync demo",
+        description="A simulated vLLM fleet on loopback, the daemon in front of it, a live view.",
+    )
     result.add_argument("--pods", type=int, default=4, help="simulated pods (default 4)")
     result.add_argument("--duration", type=float, default=None, help="seconds; default: Ctrl-C")
     result.add_argument("--http-port", type=int, default=8080, help="0 picks a free port")
