@@ -191,8 +191,14 @@ def _describe(sample: Sample) -> str:
     return f"sample {sample.query_blocks} blocks{adapter}: {shown} ({verdict})"
 
 
-def _curl(url: str, query: SimQuery) -> str:
-    body = json.dumps({"model": query.model, "token_ids": list(query.token_ids[:CURL_TOKENS])})
+def _curl(url: str, fleet: Fleet) -> str:
+    """A ready-to-paste query about a prompt some pod holds (a sample may be a miss)."""
+    query = fleet.sample_query()
+    for _ in range(50):
+        if fleet.ground_truth(query):
+            break
+        query = fleet.sample_query()
+    body = json.dumps({**query.body(), "token_ids": list(query.token_ids[:CURL_TOKENS])})
     return f"curl -s {url}/v1/match -H 'content-type: application/json' -d '{body}'"
 
 
@@ -245,7 +251,7 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
             fleet.wait_for_subscribers()
             fleet.step(20)
             out.write(f"kvsync HTTP API on {daemon.url} (metrics: {daemon.url}/metrics)\n")
-            out.write(f"try: {_curl(daemon.url, fleet.sample_query())}\n")
+            out.write(f"try: {_curl(daemon.url, fleet)}\n")
             out.flush()
             fleet.start(requests_per_s=options.rate)
             if out.isatty():

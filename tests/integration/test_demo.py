@@ -5,10 +5,15 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.integration
 
+CURL = re.compile(
+    r"^try: curl -s (?P<url>http://127\.0\.0\.1:\d+/v1/match) "
+    r"-H 'content-type: application/json' -d '(?P<body>\{.*\})'$"
+)
 SUMMARY = re.compile(
     r"^summary samples=(?P<samples>\d+) agreed=(?P<agreed>\d+) disagreed=(?P<disagreed>\d+) "
     r"endpoints=(?P<endpoints>\d+) seconds=(?P<seconds>[\d.]+)$"
@@ -61,9 +66,21 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
     )
     try:
         assert demo.stdout is not None
+        curl = ""
         for line in demo.stdout:  # the first sample: the fleet, the daemon and the view run
+            curl = line if line.startswith("try: curl") else curl
             if line.startswith("sample "):
                 break
+        pasted = CURL.match(curl.strip())
+        assert pasted is not None, curl
+        answer = httpx.post(
+            pasted["url"],
+            content=pasted["body"],
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        assert answer.json()["matches"], "the printed example should hit a cached prefix"
         demo.send_signal(signal.SIGINT)
         out, err = demo.communicate(timeout=30)
     finally:
