@@ -93,11 +93,12 @@ def chain(
 
 
 def query_chunks(
-    token_ids: Sequence[int], block_size: int, cache_salt: str | None = None, chunk: int = 16
+    token_ids: Sequence[int], block_size: int, cache_salt: str | None = None, chunk: int = 32
 ) -> Iterator[list[int]]:
-    """The keys of a query's full blocks in chunks of ``chunk`` blocks, then four times as many
-    each time: a lookup that stops early neither converts nor hashes the rest of a long prompt,
-    and a long match pays the per-chunk overhead only a few times."""
+    """The keys of a query's full blocks in chunks of ``chunk`` blocks, then twice as many each
+    time: a lookup that stops early converts and hashes at most twice the blocks it matched,
+    and a long match pays the per-chunk overhead only a few times (32 then x2 measured best,
+    BENCHMARKS.md ``## Index``)."""
     n_blocks = len(token_ids) // block_size
     key = ROOT
     first = 0
@@ -111,4 +112,4 @@ def query_chunks(
         key = keys[-1]
         yield keys
         first += count
-        chunk *= 4
+        chunk *= 2
