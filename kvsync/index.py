@@ -16,10 +16,10 @@ Semantics (architecture.md §3, §5):
   indexed at all: rooting it would invent matches. It is counted as ``unknown_parent``.
 * Holders are per (endpoint, medium, group); a block is held while any copy remains. A removal
   affects exactly the named copies of the sending endpoint; descendants stay.
-* Eviction (on the event path, and idle expiry on lookups too), every one counted by reason in
-  ``evictions``: ``max_contexts`` (least recently used context), ``max_keys`` (least recently
-  stored leaf keys of a context over its limit, down to 97 % of it), ``idle_ttl`` (a context with
-  no event and no lookup for ``idle_ttl_seconds``).
+* Eviction (on the event path, and idle expiry on lookups too), the blocks (keys) it dropped
+  counted by reason in ``evictions``: ``max_contexts`` (least recently used context),
+  ``max_keys`` (least recently stored leaf keys of a context over its limit, down to 97 % of
+  it), ``idle_ttl`` (a context with no event and no lookup for ``idle_ttl_seconds``).
 """
 
 from collections import OrderedDict
@@ -291,8 +291,9 @@ class PrefixIndex:
 
     def _new_context(self, ctx_key: ContextKey, now: float, evicted: dict[str, int]) -> Context:
         while len(self._contexts) >= self.limits.max_contexts:
-            self._drop_context(next(iter(self._contexts)))
-            self._count("max_contexts", 1, evicted)
+            oldest = next(iter(self._contexts))
+            self._count("max_contexts", len(self._contexts[oldest].held), evicted)
+            self._drop_context(oldest)
         ctx = self._contexts[ctx_key] = Context(ctx_key[2], now)
         self._sizes.setdefault(ctx_key[:2], []).append(ctx_key[2])
         return ctx
@@ -312,8 +313,8 @@ class PrefixIndex:
             ctx_key, ctx = next(iter(self._contexts.items()))
             if ctx.last_used > deadline:
                 return
+            self._count("idle_ttl", len(ctx.held), evicted)
             self._drop_context(ctx_key)
-            self._count("idle_ttl", 1, evicted)
 
     def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
         if n:

@@ -374,13 +374,19 @@ def test_max_contexts_drops_the_least_recently_used_context() -> None:
 def test_idle_contexts_expire_unless_an_event_or_a_lookup_touched_them() -> None:
     index = PrefixIndex(Limits(idle_ttl_seconds=60))
     index.apply(A, LLAMA, [stored([1], [0], lora_name="x")], 0.0)
-    index.apply(A, LLAMA, [stored([2], [0], lora_name="y")], 0.0)
+    index.apply(A, LLAMA, [stored([2, 3], [0, 1], lora_name="y")], 0.0)
     assert index.match(Query("llama", toks(0), lora_name="x"), 50.0).matches
     out = index.apply(B, LLAMA, [stored([3], [0])], 70.0)
-    assert out.evicted == {"idle_ttl": 1}
+    assert out.evicted == {"idle_ttl": 2}  # y's two blocks
     assert not index.match(Query("llama", toks(0), lora_name="y"), 70.0).matches
     assert index.match(Query("llama", toks(0), lora_name="x"), 70.0).matches
-    assert index.evictions == {"idle_ttl": 1}
+    assert index.evictions == {"idle_ttl": 2}
+    assert index.blocks_held(A) == 1
+    # with no event at all, a lookup expires idle contexts too: x and B's base context
+    assert not index.match(Query("llama", toks(0), lora_name="x"), 200.0).matches
+    assert index.evictions == {"idle_ttl": 4}
+    assert index.blocks_held(A) == index.blocks_held(B) == 0
+    assert index.stats().contexts == 0
 
 
 def test_stats_count_contexts_keys_and_entries() -> None:
