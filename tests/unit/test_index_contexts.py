@@ -3,7 +3,7 @@
 from kvsync import keys
 from kvsync.contexts import PLAIN, Context, u64, u64s
 from kvsync.index import EndpointContext, Limits, PrefixIndex, Query
-from kvsync.model import BlockStored, EndpointId, EngineHash
+from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash
 
 A = EndpointId("pod-a")
 
@@ -48,16 +48,18 @@ def test_bytes_engine_hashes_map_to_uint64() -> None:
 
 
 def test_a_child_of_a_capacity_evicted_block_still_chains_correctly() -> None:
-    index = PrefixIndex(Limits(max_keys_per_context=3))
+    index = PrefixIndex(Limits(max_keys_per_context=4))
     ctx = EndpointContext("m")
     index.apply(A, ctx, [BlockStored([1, 2, 3], None, list(range(12)), 4)], 0.0)
-    out = index.apply(A, ctx, [BlockStored([9], None, list(range(100, 104)), 4)], 0.0)
-    assert out.evicted == {"max_keys": 2}  # 4 keys, down to 97 % of 3 -> 2: two leaves
+    out = index.apply(A, ctx, [BlockStored([9, 10], None, list(range(100, 108)), 4)], 0.0)
+    assert out.evicted == {"max_keys": 2}  # 5 keys, down to 97 % of 4 -> 3: two leaves
     assert index.match(Query("m", list(range(12))), 0.0).matches[0].matched_blocks == 1
+    index.apply(A, ctx, [BlockRemoved([9, 10])], 0.0)  # make room
     # blocks 1 and 2 (hashes 2, 3) left the index, but their engine hashes still name the keys
     out = index.apply(A, ctx, [BlockStored([4], 3, list(range(12, 16)), 4)], 0.0)
     assert not out.rejected
     # the run stops at the missing block; re-storing it reconnects the chain
     assert index.match(Query("m", list(range(16))), 0.0).matches[0].matched_blocks == 1
-    index.apply(A, ctx, [BlockStored([2, 3], 1, list(range(4, 12)), 4)], 0.0)
+    out = index.apply(A, ctx, [BlockStored([2, 3], 1, list(range(4, 12)), 4)], 0.0)
+    assert not out.evicted
     assert index.match(Query("m", list(range(16))), 0.0).matches[0].matched_blocks == 4
