@@ -24,11 +24,19 @@ Semantics (architecture.md §3, §5):
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Final
 
 from kvsync import contexts, keys, lookup
+from kvsync.answers import (
+    ApplyOutcome,
+    EndpointContext,
+    IndexStats,
+    Limits,
+    Match,
+    MatchResult,
+    Query,
+)
 from kvsync.contexts import Context, Copy
 from kvsync.model import (
     GPU,
@@ -41,104 +49,29 @@ from kvsync.model import (
 
 DEFAULT_MEDIUM_WEIGHTS: Final[Mapping[str, float]] = {GPU: 1.0, "CPU": 0.8}
 OTHER_MEDIUM_WEIGHT: Final = lookup.OTHER_MEDIUM_WEIGHT  # STORAGE, DISK, ...: any other medium
+DEFAULT_LIMITS: Final = Limits()  # frozen: one shared default is safe
 _LOW_WATERMARK: Final = 0.97  # evict a little below the limit so eviction runs in bursts
+
+__all__ = [
+    "CLEARED",
+    "DEFAULT_LIMITS",
+    "DEFAULT_MEDIUM_WEIGHTS",
+    "OTHER_MEDIUM_WEIGHT",
+    "REMOVED",
+    "STORED",
+    "UNKNOWN_PARENT",
+    "ApplyOutcome",
+    "EndpointContext",
+    "IndexStats",
+    "Limits",
+    "Match",
+    "MatchResult",
+    "PrefixIndex",
+    "Query",
+]
 
 Adapter = str | int | None  # a LoRA name, else a LoRA integer id, else the base model
 ContextKey = tuple[str, Adapter, int]  # (model, adapter, block size)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on the index's memory, enforced as events arrive.
-
-    The defaults suit a fleet of about 100 pods serving a handful of models and LoRA adapters:
-    ``max_keys_per_context`` 4,000,000 covers 100 pods x 40,000 distinct 16-token blocks each
-    (about 80 GiB of KV cache per pod for Llama-3-8B: GPU plus some CPU offload) before shared
-    prefixes are counted; at the measured ~180 bytes per (block, endpoint) that is about
-    0.7 GiB per context (BENCHMARKS.md, ``## Index``). Capacity eviction is a safety net for
-    lost removals: set the limit above what the fleet's caches can hold.
-    ``max_contexts`` 1,000 and ``idle_ttl_seconds`` 20 minutes are AIBrix's defaults (AIBrix
-    keeps only 10,000 prefixes per context, too few for such a fleet).
-    """
-
-    max_contexts: int = 1_000
-    max_keys_per_context: int = 4_000_000
-    idle_ttl_seconds: float = 20 * 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointContext:
-    """What discovery knows of an endpoint: its model and the pod's LoRA label, if any."""
-
-    model: str
-    lora_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A lookup: the request's tokens and what selects the context (``lora_name`` wins over
-    ``lora_id``). ``pods`` keeps only those pods (every dp rank); None means all."""
-
-    model: str
-    token_ids: Sequence[int]
-    lora_name: str | None = None
-    lora_id: int | None = None
-    cache_salt: str | None = None
-    pods: frozenset[str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One endpoint's answer: leading query blocks it holds, contiguously from block 0."""
-
-    endpoint: EndpointId
-    matched_blocks: int
-    score: float
-    by_medium: Mapping[str, int]
-    block_size: int = 0  # of this answer; differs from the result's only in mixed contexts
-
-    @property
-    def matched_tokens(self) -> int:
-        return self.matched_blocks * self.block_size
-
-
-@dataclass(frozen=True, slots=True)
-class MatchResult:
-    """``matches`` sorted by score, matched blocks (descending), then pod and dp rank."""
-
-    block_size: int
-    query_blocks: int
-    matches: Sequence[Match]
-
-    def percent(self, match: Match) -> int:
-        """floor(100 x matched / query blocks), the API's ``percent``."""
-        return 100 * match.matched_blocks // self.query_blocks if self.query_blocks else 0
-
-
-@dataclass(slots=True)
-class ApplyOutcome:
-    """What one ``apply`` did, for the caller to count and log."""
-
-    stored_blocks: int = 0  # blocks an endpoint did not hold before
-    removed_blocks: int = 0  # blocks an endpoint no longer holds in any copy
-    cleared: int = 0  # AllBlocksCleared events
-    events: dict[str, int] = field(default_factory=dict)  # by type name
-    rejected: dict[str, int] = field(default_factory=dict)  # events by reason
-    rejected_blocks: int = 0  # blocks of rejected events
-    unknown_removed: int = 0  # removals of hashes the endpoint does not hold (joined late)
-    evicted: dict[str, int] = field(default_factory=dict)  # by reason, during this apply
-
-
-@dataclass(frozen=True, slots=True)
-class IndexStats:
-    """Sizes, for metrics and /v1/pods."""
-
-    endpoints: int
-    contexts: int
-    keys: int  # distinct blocks
-    entries: int  # (block, endpoint) pairs
-    engine_hashes: int
-    bytes_estimate: int
 
 
 UNKNOWN_PARENT: Final = "unknown_parent"
@@ -155,7 +88,7 @@ class PrefixIndex:
 
     def __init__(
         self,
-        limits: Limits = Limits(),  # frozen, so one shared default is safe
+        limits: Limits = DEFAULT_LIMITS,
         medium_weights: Mapping[str, float] = DEFAULT_MEDIUM_WEIGHTS,
         default_block_size: int = 16,
     ) -> None:

@@ -1,0 +1,104 @@
+"""The prefix index's values: limits, endpoint context, query, answers, outcome, stats. Pure.
+
+Plain frozen values shared by ``kvsync.index`` (which re-exports them: import them from there)
+and its callers (handler, API, runtime). No logic beyond a derived field or two; raises nothing.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kvsync.model import EndpointId
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on the index's memory, enforced as events arrive.
+
+    The defaults suit a fleet of about 100 pods serving a handful of models and LoRA adapters:
+    ``max_keys_per_context`` 4,000,000 covers 100 pods x 40,000 distinct 16-token blocks each
+    (about 80 GiB of KV cache per pod for Llama-3-8B: GPU plus some CPU offload) before shared
+    prefixes are counted; at the measured ~180 bytes per (block, endpoint) that is about
+    0.7 GiB per context (BENCHMARKS.md, ``## Index``). Capacity eviction is a safety net for
+    lost removals: set the limit above what the fleet's caches can hold.
+    ``max_contexts`` 1,000 and ``idle_ttl_seconds`` 20 minutes are AIBrix's defaults (AIBrix
+    keeps only 10,000 prefixes per context, too few for such a fleet).
+    """
+
+    max_contexts: int = 1_000
+    max_keys_per_context: int = 4_000_000
+    idle_ttl_seconds: float = 20 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointContext:
+    """What discovery knows of an endpoint: its model and the pod's LoRA label, if any."""
+
+    model: str
+    lora_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A lookup: the request's tokens and what selects the context (``lora_name`` wins over
+    ``lora_id``). ``pods`` keeps only those pods (every dp rank); None means all."""
+
+    model: str
+    token_ids: Sequence[int]
+    lora_name: str | None = None
+    lora_id: int | None = None
+    cache_salt: str | None = None
+    pods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One endpoint's answer: leading query blocks it holds, contiguously from block 0."""
+
+    endpoint: EndpointId
+    matched_blocks: int
+    score: float
+    by_medium: Mapping[str, int]
+    block_size: int = 0  # of this answer; differs from the result's only in mixed contexts
+
+    @property
+    def matched_tokens(self) -> int:
+        return self.matched_blocks * self.block_size
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """``matches`` sorted by score, matched blocks (descending), then pod and dp rank."""
+
+    block_size: int
+    query_blocks: int
+    matches: Sequence[Match]
+
+    def percent(self, match: Match) -> int:
+        """floor(100 x matched / query blocks), the API's ``percent``."""
+        return 100 * match.matched_blocks // self.query_blocks if self.query_blocks else 0
+
+
+@dataclass(slots=True)
+class ApplyOutcome:
+    """What one ``apply`` did, for the caller to count and log."""
+
+    stored_blocks: int = 0  # blocks an endpoint did not hold before
+    removed_blocks: int = 0  # blocks an endpoint no longer holds in any copy
+    cleared: int = 0  # AllBlocksCleared events
+    events: dict[str, int] = field(default_factory=dict)  # by type name
+    rejected: dict[str, int] = field(default_factory=dict)  # events by reason
+    rejected_blocks: int = 0  # blocks of rejected events
+    unknown_removed: int = 0  # removals of hashes the endpoint does not hold (joined late)
+    evicted: dict[str, int] = field(default_factory=dict)  # by reason, during this apply
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """Sizes, for metrics and /v1/pods."""
+
+    endpoints: int
+    contexts: int
+    keys: int  # distinct blocks
+    entries: int  # (block, endpoint) pairs
+    engine_hashes: int
+    bytes_estimate: int
