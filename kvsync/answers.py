@@ -102,3 +102,4 @@ class IndexStats:
     entries: int  # (block, endpoint) pairs
     engine_hashes: int
     bytes_estimate: int
+    blocks: Mapping[EndpointId, int] = field(default_factory=dict)  # held, per endpoint

@@ -320,4 +320,5 @@ class PrefixIndex:
             entries=sum(c.entries() for c in self._contexts.values()),
             engine_hashes=hashes,
             bytes_estimate=n_keys * _BYTES_PER_KEY + hashes * _BYTES_PER_ENGINE_HASH,
+            blocks={endpoint: self.blocks_held(endpoint) for endpoint in self._slot_of},
         )

@@ -397,3 +397,4 @@ def test_stats_count_contexts_keys_and_entries() -> None:
     assert (stats.endpoints, stats.contexts, stats.keys, stats.entries) == (2, 2, 3, 4)
     assert stats.engine_hashes == 4
     assert stats.bytes_estimate > 0
+    assert stats.blocks == {A: 3, B: 1}
