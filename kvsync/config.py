@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn
 
-from kvsync import index, specs
+from kvsync import discovery, index, specs
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint
 
@@ -30,6 +30,7 @@ ENV_PREFIX: Final = "KVSYNC_"
 REDACTED: Final = "<redacted>"
 DEFAULT_MEDIUM_WEIGHTS: Final = {"GPU": 1.0, "CPU": 0.8, "*": 0.5}
 _LIMITS: Final = index.Limits()
+_POD: Final = discovery.PodDefaults()
 
 DiscoveryMode = Literal["kubernetes", "static"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -45,12 +46,12 @@ class Settings:
     selector: str = "model.aibrix.ai/kv-events-enabled=true"
     endpoint: tuple[Endpoint, ...] = ()
     endpoints_file: str | None = None
-    pub_port: int = 5557
-    replay_port: int | None = None
-    dp_size: int = 1
-    topic: str = ""
-    model_label: str = "model.aibrix.ai/name"
-    lora_label: str = "model.aibrix.ai/lora-id"
+    pub_port: int = _POD.pub_port
+    replay_port: int | None = _POD.replay_port
+    dp_size: int = _POD.dp_size
+    topic: str = _POD.topic
+    model_label: str = _POD.model_label
+    lora_label: str = _POD.lora_label
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     api_token: str | None = None
