@@ -23,6 +23,7 @@ Raises nothing for valid input (token ids in [0, 2^32), block_size > 0); ``Overf
 
 from array import array
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any, Final
 
 import msgspec
@@ -92,24 +93,35 @@ def chain(
     return keys
 
 
+def query_keys(
+    token_ids: Sequence[int], block_size: int, cache_salt: str | None = None, convert: int = 64
+) -> Iterator[int]:
+    """The keys of a query's full blocks, one at a time, lazily: a lookup hashes only up to the
+    first block no endpoint holds. Tokens are converted ``convert`` blocks at a time, so an
+    early stop wastes at most that many conversions (64 measured best, BENCHMARKS.md
+    ``## Index``); bytes slices hash faster than memoryview slices."""
+    n_blocks = len(token_ids) // block_size
+    step = block_size * _TOKEN_BYTES
+    salt = None if cache_salt is None else salt_extra(cache_salt)
+    key = ROOT
+    for first in range(0, n_blocks, convert):
+        count = min(convert, n_blocks - first)
+        data = array("I", token_ids[first * block_size : (first + count) * block_size]).tobytes()
+        start = 0
+        if salt is not None:  # block 0 of a salted request: see the module docstring
+            key = _hash(data[:step] + salt, key)
+            yield key
+            start, salt = step, None
+        for offset in range(start, count * step, step):
+            key = _hash(data[offset : offset + step], key)
+            yield key
+
+
 def query_chunks(
     token_ids: Sequence[int], block_size: int, cache_salt: str | None = None, chunk: int = 32
 ) -> Iterator[list[int]]:
-    """The keys of a query's full blocks in chunks of ``chunk`` blocks, then twice as many each
-    time: a lookup that stops early converts and hashes at most twice the blocks it matched,
-    and a long match pays the per-chunk overhead only a few times (32 then x2 measured best,
-    BENCHMARKS.md ``## Index``)."""
-    n_blocks = len(token_ids) // block_size
-    key = ROOT
-    first = 0
-    while first < n_blocks:
-        count = min(chunk, n_blocks - first)
-        tokens = token_view(token_ids[first * block_size : (first + count) * block_size])
-        extras: list[Extra] | None = None
-        if first == 0 and cache_salt is not None:
-            extras = [salt_extra(cache_salt)] + [None] * (count - 1)
-        keys = chain(key, tokens, block_size, count, extras)
-        key = keys[-1]
-        yield keys
-        first += count
+    """``query_keys`` in lists of ``chunk`` keys, then twice as many each time."""
+    keys = query_keys(token_ids, block_size, cache_salt)
+    while batch := list(islice(keys, chunk)):
+        yield batch
         chunk *= 2

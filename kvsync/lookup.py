@@ -3,8 +3,8 @@
 Called by ``kvsync.index.PrefixIndex.match`` under the callers' lock; reads the context only.
 Raises nothing for valid token ids (``OverflowError`` from ``kvsync.keys`` otherwise).
 
-The walk hashes the query block by block (``keys.query_chunks``: a few blocks first, so a
-lookup that stops early never converts or hashes the rest of a long prompt) and ANDs each
+The walk hashes the query block by block as it goes (``keys.query_keys``: a lookup that stops
+early never hashes the rest of a long prompt) and ANDs each
 block's holder mask into the set of endpoints still matching; an endpoint's run ends at the
 first block it does not hold, even if another endpoint holds it. Most blocks have only the plain
 copy (GPU, group 0), so the walk notes just the few blocks with other copies, and scoring is
@@ -35,20 +35,19 @@ def walk(
     runs: dict[int, int] = {}
     odd: OddBlocks = []
     position = 0
-    for chunk in keys.query_chunks(token_ids, ctx.block_size, cache_salt):
-        for key in chunk:
-            now_alive = held_get(key, 0) & alive
-            if now_alive != alive:
-                for slot in slots_of((alive & ~now_alive) >> HOLDERS):
-                    runs[slot] = position
-                alive = now_alive
-                if not alive:
-                    break
-            if copies and key in copies:
-                odd.append((position, copies[key]))
-            position += 1
-        if not alive:
-            break
+    if not alive:
+        return runs, odd
+    for key in keys.query_keys(token_ids, ctx.block_size, cache_salt):
+        now_alive = held_get(key, 0) & alive
+        if now_alive != alive:
+            for slot in slots_of((alive & ~now_alive) >> HOLDERS):
+                runs[slot] = position
+            alive = now_alive
+            if not alive:
+                break
+        if copies and key in copies:
+            odd.append((position, copies[key]))
+        position += 1
     for slot in slots_of(alive >> HOLDERS):
         runs[slot] = position
     return runs, odd

@@ -105,3 +105,18 @@ def test_extra_keys_are_kept_apart_from_tokens() -> None:
 def test_a_query_shorter_than_a_block_has_no_keys() -> None:
     assert all_query_keys([1, 2, 3], 4) == []
     assert all_query_keys([], 4, "salt") == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    token_ids=tokens_strategy,
+    block_size=st.integers(1, 9),
+    convert=st.integers(1, 5),
+    salt=st.none() | st.text(max_size=4),
+)
+def test_lazy_query_keys_follow_the_formula_across_conversion_chunks(
+    token_ids: list[int], block_size: int, convert: int, salt: str | None
+) -> None:
+    extras: list[bytes | None] = [] if salt is None else [keys.salt_extra(salt)]
+    lazy = list(keys.query_keys(token_ids, block_size, salt, convert=convert))
+    assert lazy == reference(token_ids, block_size, extras)
