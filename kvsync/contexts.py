@@ -204,6 +204,58 @@ class Context:
             self._delete(key, value)
         return True
 
+    def remove_plain(self, slot: int, engine_hashes: list[int]) -> tuple[int, list[int]]:
+        """``remove`` of the plain copy of each block ``slot`` maps here, in order; returns
+        (blocks the slot no longer holds, the hashes it does not map here). The common
+        removal (vLLM's GPU pool, one BlockRemoved per evicted hash) inlined: no call per hash."""
+        engine = self.engine.get(slot)
+        if engine is None:
+            return 0, engine_hashes
+        if self.copies:  # some block has a breakdown: the general path keeps it right
+            return self._remove_each(slot, engine, engine_hashes)
+        held = self.held
+        packed_bit = 1 << (slot + HOLDERS)
+        removed = unmapped = 0
+        missing: list[int] = []
+        for engine_hash in engine_hashes:
+            key = engine.pop(engine_hash)
+            if key is None:
+                missing.append(engine_hash)
+                continue
+            unmapped += 1  # dangling (capacity-evicted key) or held: the mapping goes either way
+            value = held.get(key, 0)
+            if not value & packed_bit:
+                continue
+            removed += 1
+            value ^= packed_bit
+            if value >> HOLDERS:
+                held[key] = value
+                continue
+            del held[key]  # _delete without copies, inlined
+            parent = value & _PARENT
+            up = held.get(parent)
+            if up is not None and up & _CHILDREN:
+                held[parent] = up - CHILD
+        if removed:
+            self.counts[slot] -= removed
+        if unmapped:
+            self._unmapped(slot, unmapped)
+        return removed, missing
+
+    def _remove_each(
+        self, slot: int, engine: U64Map, engine_hashes: list[int]
+    ) -> tuple[int, list[int]]:
+        removed = 0
+        missing: list[int] = []
+        for engine_hash in engine_hashes:
+            key = engine[engine_hash]
+            if key is None:
+                missing.append(engine_hash)
+            else:
+                removed += self.remove(slot, engine_hash, key, PLAIN)
+                engine = self.engine[slot]  # remove may have compacted the map
+        return removed, missing
+
     def clear_slot(self, slot: int) -> int:
         """Drop every copy ``slot`` holds here; returns how many blocks it held."""
         hashes = self.engine.pop(slot, None)
@@ -277,14 +329,18 @@ class Context:
 
     def _unmap(self, slot: int, engine_hash: int) -> None:
         hashes = self.engine.get(slot)
-        if hashes is None or hashes.pop(engine_hash) is None:
-            return
-        live = self.engine_live[slot] - 1
+        if hashes is not None and hashes.pop(engine_hash) is not None:
+            self._unmapped(slot, 1)
+
+    def _unmapped(self, slot: int, n: int) -> None:
+        """``n`` entries left the slot's map: rebuild it once deleted cells dominate."""
+        live = self.engine_live[slot] - n
         self.engine_live[slot] = live
+        hashes = self.engine[slot]
         if len(hashes) > 2 * live + 64:  # len() counts deleted cells too
             compact = u64_map()
-            for engine_hash_, key in hashes.items():
-                compact[engine_hash_] = key
+            for engine_hash, key in hashes.items():
+                compact[engine_hash] = key
             self.engine[slot] = compact
 
     def _delete(self, key: int, value: int) -> None:

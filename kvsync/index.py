@@ -37,7 +37,7 @@ from kvsync.answers import (
     MatchResult,
     Query,
 )
-from kvsync.contexts import Context, Copy
+from kvsync.contexts import PLAIN, Context, Copy
 from kvsync.model import (
     GPU,
     AllBlocksCleared,
@@ -113,17 +113,32 @@ class PrefixIndex:
         out = ApplyOutcome()
         slot = self._slot(endpoint)
         n_stored = n_removed = 0
+        # Consecutive removals of one copy are applied as one run: vLLM's GPU pool sends one
+        # BlockRemoved per evicted hash, the most events, so the per-event work is paid once.
+        run: list[int] = []
+        run_copy = PLAIN
         for event in events:
-            # BlockRemoved first: vLLM's GPU pool sends one per evicted hash, the most events
             if isinstance(event, BlockRemoved):
                 n_removed += 1
-                self._removed(slot, event, now, out)
-            elif isinstance(event, BlockStored):
+                copy = (event.medium or GPU, event.group_idx or 0)
+                if copy != run_copy:
+                    if run:
+                        self._removed(slot, run, run_copy, now, out)
+                        run = []
+                    run_copy = copy
+                run += contexts.u64s(event.block_hashes)
+                continue
+            if run:
+                self._removed(slot, run, run_copy, now, out)
+                run = []
+            if isinstance(event, BlockStored):
                 n_stored += 1
                 self._stored(slot, context, event, now, out)
             elif isinstance(event, AllBlocksCleared):
                 out.removed_blocks += self._clear(slot)
                 out.cleared += 1
+        if run:
+            self._removed(slot, run, run_copy, now, out)
         for name, n in ((STORED, n_stored), (REMOVED, n_removed), (CLEARED, out.cleared)):
             if n:
                 out.events[name] = n
@@ -185,11 +200,21 @@ class PrefixIndex:
             evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK))
             self._count("max_keys", evicted, out.evicted)
 
-    def _removed(self, slot: int, event: BlockRemoved, now: float, out: ApplyOutcome) -> None:
-        copy = (event.medium or GPU, event.group_idx or 0)
+    def _removed(
+        self, slot: int, engine_hashes: list[int], copy: Copy, now: float, out: ApplyOutcome
+    ) -> None:
         by_key = self._contexts
         mine = [(k, by_key[k]) for k in self._in.get(slot, ())]
-        for engine_hash in contexts.u64s(event.block_hashes):
+        if len(mine) == 1 and copy == PLAIN:  # the common case, without a call per hash
+            ctx_key, ctx = mine[0]
+            removed, missing = ctx.remove_plain(slot, engine_hashes)
+            out.removed_blocks += removed
+            out.unknown_removed += len(missing)
+            if len(missing) < len(engine_hashes):
+                by_key.move_to_end(ctx_key)
+                ctx.last_used = now
+            return
+        for engine_hash in engine_hashes:
             for ctx_key, ctx in mine:
                 key = ctx.engine[slot][engine_hash]
                 if key is not None:
