@@ -132,7 +132,7 @@ def test_near_valid_bodies(client: httpx.Client, value: dict[str, Any]) -> None:
                 min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#%"
             ),
             max_size=30,
-        ).map(lambda p: "/" + p),
+        ).map(lambda p: "/" + p.lstrip("/")),  # "//x" would be an authority
     ),
     content_type=st.sampled_from(CONTENT_TYPES),
     body=st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode)),
