@@ -301,30 +301,38 @@ class PrefixIndex:
             self._contexts.move_to_end(ctx_key)
             ctx.last_used = now
             runs, odd = lookup.walk(ctx, query.token_ids, query.cache_salt, allowed)
-            for match in self._matches(ctx.block_size, runs, odd):
-                slot = self._slot_of[match.endpoint]
+            found = self._matches(ctx.block_size, runs, odd)
+            if not best:  # one block size: the usual case, nothing to merge
+                best = found
+                continue
+            for slot, match in found.items():
                 old = best.get(slot)
                 if old is None or (match.matched_tokens, match.score) > (
                     old.matched_tokens,
                     old.score,
                 ):
                     best[slot] = match
-        matches = sorted(
-            best.values(),
-            key=lambda m: (-m.score, -m.matched_blocks, m.endpoint.pod, m.endpoint.dp_rank),
-        )
+        # EndpointId is (pod, dp_rank): ordering by it orders by pod, then rank
+        matches = sorted(best.values(), key=lambda m: (-m.score, -m.matched_blocks, m.endpoint))
         bs = matches[0].block_size if matches else sizes[0]
         return MatchResult(bs, len(query.token_ids) // bs, matches)
 
     def _matches(
         self, block_size: int, runs: dict[int, int], odd: list[tuple[int, dict[Copy, int]]]
-    ) -> list[Match]:
-        result = []
+    ) -> dict[int, Match]:
+        """Per slot with a run, its Match."""
+        result = {}
+        weights = self.medium_weights
+        gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
+        first_odd = odd[0][0] if odd else -1
         for slot, run in runs.items():
             endpoint = self._endpoint_at[slot]
             if run and endpoint is not None:  # None cannot happen: a holding slot has one
-                score, by_medium = lookup.score(slot, run, odd, self.medium_weights)
-                result.append(Match(endpoint, run, score, by_medium, block_size))
+                if first_odd < 0 or first_odd >= run:  # lookup.score's common case, inlined
+                    score, by_medium = run * gpu_weight, {GPU: run}
+                else:
+                    score, by_medium = lookup.score(slot, run, odd, weights)
+                result[slot] = Match(endpoint, run, score, by_medium, block_size)
         return result
 
     def blocks_held(self, endpoint: EndpointId) -> int:

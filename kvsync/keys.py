@@ -8,7 +8,7 @@ block by what a router does know: the tokens, the block size and the block's ext
     key_{-1} = ROOT
 
 Token bytes are the ids as native uint32 (``array('I')``), converted once per call in C and
-sliced with memoryviews: no per-token Python work. Keys are only ever compared inside one
+sliced: no per-token Python work. Keys are only ever compared inside one
 process, so native byte order is fine. Contexts (model, adapter, block size) are kept apart by
 the index, so one fixed ROOT serves them all.
 
@@ -39,11 +39,10 @@ _TOKEN_BYTES: Final = array("I").itemsize  # 4 on every platform kvsync runs on
 Extra = bytes | None
 
 
-def token_view(token_ids: Sequence[int]) -> memoryview:
-    """The token ids as one flat byte view (uint32 each); an ``array('I')`` is used as is."""
-    if isinstance(token_ids, array) and token_ids.typecode == "I":
-        return memoryview(token_ids).cast("B")
-    return memoryview(array("I", token_ids)).cast("B")
+def token_view(token_ids: Sequence[int]) -> bytes:
+    """The token ids as one flat byte string (uint32 each). Bytes, not a memoryview: slicing
+    bytes then hashing is faster than slicing a view (one object either way, 64 bytes copied)."""
+    return array("I", token_ids).tobytes()
 
 
 def normalise_extras(entries: list[Any] | None, lora_name: str | None) -> Extra:
@@ -64,7 +63,7 @@ def salt_extra(cache_salt: str) -> bytes:
 
 def chain(
     parent: int,
-    tokens: memoryview,
+    tokens: bytes,
     block_size: int,
     n_blocks: int,
     extras: Sequence[Extra] | None = None,
