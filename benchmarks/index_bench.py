@@ -15,6 +15,7 @@ Bytes per (block, endpoint) = RSS growth over the ingest / live (block, endpoint
 import argparse
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -193,6 +194,11 @@ def main() -> None:
     if args.quick:
         args.blocks, args.queries, args.rounds = 100_000, 200, 1
     if args.variant:  # child process: one variant, JSON on stdout
+        # One core per child: Dynamo's binding hands every call to a second thread, and across
+        # two cores each handoff is a futex wake-up whose cost depends on what the other core
+        # is doing (measured 5-12x apart idle vs loaded); on one core it is stable. kvsync and
+        # the naive baseline are single-threaded either way.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         # The workload comes from the parent's file and stays alive, so the RSS growth over
         # the ingest is the variant's structures alone (no freed build garbage to reuse).
         raw = msgspec.msgpack.decode(Path(args.workload).read_bytes())
