@@ -7,10 +7,10 @@ block by what a router does know: the tokens, the block size and the block's ext
     key_i = xxh3_64(token bytes of block i [+ msgpack(extra keys of block i)], seed=key_{i-1})
     key_{-1} = ROOT
 
-Token bytes are the ids as native uint32 (``array('I')``), converted once per call in C and
-sliced: no per-token Python work. Keys are only ever compared inside one
-process, so native byte order is fine. Contexts (model, adapter, block size) are kept apart by
-the index, so one fixed ROOT serves them all.
+Token bytes are the ids as native uint32 (``array('I')``), converted in C once per event (per 64
+blocks for a query) and sliced per block: no per-token Python work. Keys are only ever compared
+inside one process, so native byte order is fine. Contexts (model, adapter, block size) are kept
+apart by the index, so one fixed ROOT serves them all.
 
 Extra keys are normalised before they are folded in (``normalise_extras``): entries equal to the
 event's LoRA name are dropped (the adapter is already the context), so a LoRA block hashes the
@@ -87,7 +87,7 @@ def chain(
         extra = extras[i]
         # A block's token bytes have a fixed length per context, so appending the extra bytes
         # cannot make a salted block collide with a plain one by construction.
-        key = _hash(block if extra is None else bytes(block) + extra, key)
+        key = _hash(block if extra is None else block + extra, key)
         append(key)
     return keys
 
