@@ -205,14 +205,13 @@ class Context:
         return True
 
     def remove_plain(self, slot: int, engine_hashes: list[int]) -> tuple[int, list[int]]:
-        """``remove`` of the plain copy of each block ``slot`` maps here, in order; returns
-        (blocks the slot no longer holds, the hashes it does not map here). The common
-        removal (vLLM's GPU pool, one BlockRemoved per evicted hash) inlined: no call per hash."""
+        """``remove`` of the plain copy of each block ``slot`` maps here, in order, for a context
+        where no block has a breakdown (``copies`` empty); returns (blocks the slot no longer
+        holds, the hashes it does not map here). The common removal (vLLM's GPU pool, one
+        BlockRemoved per evicted hash) inlined: no call per hash."""
         engine = self.engine.get(slot)
         if engine is None:
             return 0, engine_hashes
-        if self.copies:  # some block has a breakdown: the general path keeps it right
-            return self._remove_each(slot, engine, engine_hashes)
         held = self.held
         packed_bit = 1 << (slot + HOLDERS)
         removed = unmapped = 0
@@ -240,20 +239,6 @@ class Context:
             self.counts[slot] -= removed
         if unmapped:
             self._unmapped(slot, unmapped)
-        return removed, missing
-
-    def _remove_each(
-        self, slot: int, engine: U64Map, engine_hashes: list[int]
-    ) -> tuple[int, list[int]]:
-        removed = 0
-        missing: list[int] = []
-        for engine_hash in engine_hashes:
-            key = engine[engine_hash]
-            if key is None:
-                missing.append(engine_hash)
-            else:
-                removed += self.remove(slot, engine_hash, key, PLAIN)
-                engine = self.engine[slot]  # remove may have compacted the map
         return removed, missing
 
     def clear_slot(self, slot: int) -> int:

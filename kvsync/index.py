@@ -205,7 +205,7 @@ class PrefixIndex:
     ) -> None:
         by_key = self._contexts
         mine = [(k, by_key[k]) for k in self._in.get(slot, ())]
-        if len(mine) == 1 and copy == PLAIN:  # the common case, without a call per hash
+        if len(mine) == 1 and copy == PLAIN and not mine[0][1].copies:  # the common case
             ctx_key, ctx = mine[0]
             removed, missing = ctx.remove_plain(slot, engine_hashes)
             out.removed_blocks += removed
