@@ -64,7 +64,7 @@ class Settings:
     )
     max_contexts: int = _LIMITS.max_contexts
     max_prefixes_per_context: int = _LIMITS.max_keys_per_context
-    # Accepted for AIBrix compatibility; the index evicts as events arrive, not on a timer.
+    # The idle-context sweep; capacity eviction happens as events arrive.
     eviction_interval_seconds: float = 60.0
     idle_ttl_seconds: float = _LIMITS.idle_ttl_seconds
     replay_timeout_seconds: float = 5.0

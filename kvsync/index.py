@@ -93,7 +93,9 @@ class PrefixIndex:
         default_block_size: int = 16,
     ) -> None:
         self.limits = limits
-        self.medium_weights = dict(medium_weights)
+        # "*" (the config's "any other medium") becomes the fallback weight of every lookup.
+        self.medium_weights = {m: w for m, w in medium_weights.items() if m != lookup.ANY_MEDIUM}
+        self.other_medium_weight = medium_weights.get(lookup.ANY_MEDIUM, OTHER_MEDIUM_WEIGHT)
         self.default_block_size = default_block_size
         self.evictions: dict[str, int] = {}
         self._contexts: OrderedDict[ContextKey, Context] = OrderedDict()  # least recent first
@@ -144,6 +146,16 @@ class PrefixIndex:
                 out.events[name] = n
         self._expire(now, out.evicted)
         return out
+
+    def expire(self, now: float) -> dict[str, int]:
+        """Drop contexts idle (no event, no lookup) for ``idle_ttl_seconds``; blocks by reason.
+
+        ``apply`` and ``match`` expire as they go; this is the periodic sweep for a fleet that
+        has gone quiet (the ingest thread calls it every ``--eviction-interval-seconds``).
+        """
+        evicted: dict[str, int] = {}
+        self._expire(now, evicted)
+        return evicted
 
     def drop_endpoint(self, endpoint: EndpointId) -> int:
         """Forget everything ``endpoint`` holds, in every context; returns blocks dropped."""
@@ -322,8 +334,8 @@ class PrefixIndex:
     ) -> dict[int, Match]:
         """Per slot with a run, its Match."""
         result = {}
-        weights = self.medium_weights
-        gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
+        weights, other = self.medium_weights, self.other_medium_weight
+        gpu_weight = weights.get(GPU, other)
         first_odd = odd[0][0] if odd else -1
         for slot, run in runs.items():
             endpoint = self._endpoint_at[slot]
@@ -331,7 +343,7 @@ class PrefixIndex:
                 if first_odd < 0 or first_odd >= run:  # lookup.score's common case, inlined
                     score, by_medium = run * gpu_weight, {GPU: run}
                 else:
-                    score, by_medium = lookup.score(slot, run, odd, weights)
+                    score, by_medium = lookup.score(slot, run, odd, weights, other)
                 result[slot] = Match(endpoint, run, score, by_medium, block_size)
         return result
 

@@ -109,6 +109,7 @@ class IngestSettings:
     poll_ms: int = 100  # bounds the latency of commands and of stop()
     log_interval_s: float = 60.0  # per endpoint and event, after the first occurrence
     max_sockets: int = 8192  # zmq context limit: one SUB per endpoint, a DEALER per replay
+    sweep_interval_s: float = 60.0  # how often idle index contexts are expired
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from kvsync.contexts import HOLDERS, Context, Copy, slots_of
 from kvsync.model import GPU
 
 OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium the weights do not name (STORAGE, DISK, ...)
+ANY_MEDIUM: Final = "*"  # the key of a weights mapping that overrides OTHER_MEDIUM_WEIGHT
 
 # (block position, its full copy breakdown) for matched blocks with a non-plain copy
 OddBlocks = list[tuple[int, dict[Copy, int]]]
@@ -54,11 +55,12 @@ def walk(
 
 
 def score(
-    slot: int, run: int, odd: OddBlocks, weights: Mapping[str, float]
+    slot: int, run: int, odd: OddBlocks, weights: Mapping[str, float], other: float
 ) -> tuple[float, dict[str, int]]:
     """(score, by_medium) of ``slot``'s first ``run`` blocks: each block counts once in every
-    medium it is held in, and adds the best weight among them to the score."""
-    gpu_weight = weights.get(GPU, OTHER_MEDIUM_WEIGHT)
+    medium it is held in, and adds the best weight among them (``other`` for a medium
+    ``weights`` does not name) to the score."""
+    gpu_weight = weights.get(GPU, other)
     if not odd or odd[0][0] >= run:  # the common case: every block a plain GPU copy
         return run * gpu_weight, {GPU: run}
     by_medium = {GPU: run}  # assume the plain copy, then correct the odd blocks
@@ -72,8 +74,8 @@ def score(
         best[GPU] -= 1
         for medium in media:
             by_medium[medium] = by_medium.get(medium, 0) + 1
-        top = max(media, key=lambda m: weights.get(m, OTHER_MEDIUM_WEIGHT))
+        top = max(media, key=lambda m: weights.get(m, other))
         best[top] = best.get(top, 0) + 1
     if not by_medium[GPU]:
         del by_medium[GPU]
-    return sum(n * weights.get(m, OTHER_MEDIUM_WEIGHT) for m, n in best.items() if n), by_medium
+    return sum(n * weights.get(m, other) for m, n in best.items() if n), by_medium

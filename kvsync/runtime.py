@@ -91,7 +91,9 @@ class Daemon:
         self.ingest = SubscriberManager(
             self.index,
             self.lock,
-            settings=IngestSettings(handler=handler_settings),
+            settings=IngestSettings(
+                handler=handler_settings, sweep_interval_s=settings.eviction_interval_seconds
+            ),
             on_lag=metrics.EVENT_LAG.observe,
             on_lock=_observe_ingest_lock,
         )

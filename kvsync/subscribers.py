@@ -117,8 +117,13 @@ class SubscriberManager:
 
     def _loop(self) -> None:
         settings = self._settings
+        swept_at = time.monotonic()
         while not self._stopping.is_set():
             self.ticked_at = time.monotonic()
+            if self.ticked_at - swept_at >= settings.sweep_interval_s:
+                swept_at = self.ticked_at
+                with self._lock:  # the index's single writer expires idle contexts too
+                    self._index.expire(swept_at)
             self._apply_commands()
             for sock, _ in self._poller.poll(settings.poll_ms):
                 target = self._by_socket.get(sock)

@@ -56,11 +56,17 @@ def running_daemon(
     on_lag: Callable[[float], None] | None = None,
     index: PrefixIndex | None = None,
     expect_failure: bool = False,
+    sweep_interval_s: float = 60.0,
 ) -> Iterator[Daemon]:
     index, lock = index or PrefixIndex(), threading.Lock()
     handler = ReplaySettings(replay_timeout_s=replay_timeout_s, replay_cooldown_s=replay_cooldown_s)
     manager = SubscriberManager(
-        index, lock, settings=IngestSettings(handler=handler, poll_ms=poll_ms), on_lag=on_lag
+        index,
+        lock,
+        settings=IngestSettings(
+            handler=handler, poll_ms=poll_ms, sweep_interval_s=sweep_interval_s
+        ),
+        on_lag=on_lag,
     )
     manager.start()
     try:

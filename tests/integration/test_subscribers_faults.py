@@ -1,14 +1,15 @@
 """Ingest faults on real sockets: replays that never answer, a dying thread, noisy publishers."""
 
 import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 import zmq
 from structlog.testing import capture_logs
 
-from kvsync.index import ApplyOutcome, EndpointContext, PrefixIndex
-from kvsync.model import EndpointId, Event
+from kvsync.index import ApplyOutcome, EndpointContext, Limits, PrefixIndex
+from kvsync.model import BlockStored, EndpointId, Event
 from kvsync.sim import Fleet, Malformed
 from tests.integration.ingest_harness import eventually, running_daemon, score, settle
 
@@ -142,3 +143,14 @@ def test_an_address_libzmq_refuses_is_counted_and_the_rest_keep_working() -> Non
         assert stats.invalid_endpoints == 1
         assert [e.endpoint.id for e in stats.endpoints] == [good.id]
     assert [e["pub"] for e in logs if e["event"] == "endpoint_invalid"] == [bad.pub]
+
+
+def test_the_ingest_thread_sweeps_idle_contexts() -> None:
+    index = PrefixIndex(Limits(idle_ttl_seconds=30.0))
+    quiet = EndpointId("quiet/pod", 0)
+    with running_daemon(index=index, sweep_interval_s=0.05) as daemon:
+        with daemon.lock:  # a context last used a minute ago, and no traffic since
+            stored = BlockStored([1, 2], None, list(range(8)), 4)
+            index.apply(quiet, EndpointContext("m"), [stored], time.monotonic() - 60.0)
+        eventually(lambda: index.blocks_held(quiet) == 0, what="idle context swept")
+    assert index.evictions == {"idle_ttl": 2}

@@ -174,6 +174,14 @@ def test_medium_weights_are_configurable() -> None:
     assert only(index, toks(0, 1)).score == 2.0
 
 
+def test_a_star_weight_is_the_weight_of_every_medium_not_named() -> None:
+    index = PrefixIndex(medium_weights={"GPU": 1.0, "CPU": 0.8, "*": 0.25})
+    apply(index, A, stored([10, 11], [0, 1], medium="STORAGE"))
+    apply(index, B, stored([10, 11], [0, 1], medium="CPU"))
+    assert only(index, toks(0, 1), pods=frozenset({A.pod})).score == 0.5
+    assert only(index, toks(0, 1), pods=frozenset({B.pod})).score == pytest.approx(1.6)
+
+
 def test_removal_in_one_group_leaves_the_other_group() -> None:
     index = PrefixIndex()
     apply(index, A, stored([10, 11], [0, 1], group_idx=0), stored([10, 11], [0, 1], group_idx=1))
