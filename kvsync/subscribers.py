@@ -30,7 +30,7 @@ from kvsync import decoder, replay
 from kvsync.errors import DecodeError
 from kvsync.handler import EndpointHandler
 from kvsync.index import EndpointContext, PrefixIndex
-from kvsync.ingest import IngestSettings, IngestStats, Instant, Outcome, ReplayResult, State, Totals
+from kvsync.ingest import IngestSettings, IngestStats, Instant, Outcome, State, Totals
 from kvsync.model import Batch, Endpoint, EndpointId, ReplayEnd
 from kvsync.subscription import LockedWriter, LockHook, Subscription
 
@@ -268,7 +268,7 @@ class SubscriberManager:
             for lag in out.lags:
                 self._on_lag(lag)
         if out.gaps or out.resets or out.replays or out.rejected or out.held_dropped:
-            self._log_outcome(sub, out, now)
+            sub.log_outcome(out, now.mono, self._settings.log_interval_s)
 
     def _open_replay(self, sub: Subscription, start: int, ticket: int) -> None:
         address = sub.endpoint.replay
@@ -284,20 +284,6 @@ class SubscriberManager:
         self._poller.register(client.socket, zmq.POLLIN)
         self._by_socket[client.socket] = (sub, False)
         sub.log.debug("replay_requested", start=start)
-
-    def _log_outcome(self, sub: Subscription, out: Outcome, now: Instant) -> None:
-        interval, mono = self._settings.log_interval_s, now.mono
-        if out.gaps:
-            sub.warn("sequence_gap", mono, interval, last_seq=sub.last_seq, gaps=out.gaps)
-        for reason in out.resets:
-            sub.warn("endpoint_reset", mono, interval, reason=reason.value)
-        for result in out.replays:
-            level = "info" if result is ReplayResult.OK else "warning"
-            sub.note(f"replay_{result.value}", mono, interval, level, last_seq=sub.last_seq)
-        if out.rejected:
-            sub.warn("events_rejected", mono, interval, reasons=sorted(set(out.rejected)))
-        if out.held_dropped:
-            sub.warn("held_batches_dropped", mono, interval, count=out.held_dropped)
 
 
 def _now() -> Instant:

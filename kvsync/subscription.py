@@ -17,7 +17,7 @@ import zmq
 from kvsync import replay
 from kvsync.handler import EndpointHandler
 from kvsync.index import ApplyOutcome, EndpointContext, PrefixIndex
-from kvsync.ingest import EndpointStats
+from kvsync.ingest import EndpointStats, Outcome, ReplayResult
 from kvsync.model import Endpoint, EndpointId, Event
 
 log = structlog.get_logger()
@@ -89,6 +89,20 @@ class Subscription:
             return
         self._logged[event] = (now, 0)
         getattr(self.log, level)(event, suppressed=suppressed, **fields)
+
+    def log_outcome(self, out: Outcome, now: float, interval: float) -> None:
+        """Log what went wrong (or was recovered) in one outcome, rate-limited per event."""
+        if out.gaps:
+            self.warn("sequence_gap", now, interval, last_seq=self.last_seq, gaps=out.gaps)
+        for reason in out.resets:
+            self.warn("endpoint_reset", now, interval, reason=reason.value)
+        for result in out.replays:
+            level = "info" if result is ReplayResult.OK else "warning"
+            self.note(f"replay_{result.value}", now, interval, level, last_seq=self.last_seq)
+        if out.rejected:
+            self.warn("events_rejected", now, interval, reasons=sorted(set(out.rejected)))
+        if out.held_dropped:
+            self.warn("held_batches_dropped", now, interval, count=out.held_dropped)
 
     def stats(self) -> EndpointStats:
         h = self.handler
