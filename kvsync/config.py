@@ -16,15 +16,25 @@ CLI prints it and exits 2.
 """
 
 import argparse
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn
 
-from kvsync import discovery, index, specs
+from kvsync import discovery, index
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint
+from kvsync.option_values import (
+    choice,
+    endpoint_spec,
+    int_in,
+    medium_weights,
+    minutes_to_seconds,
+    non_empty,
+    optional_port,
+    seconds,
+    text,
+)
 
 ENV_PREFIX: Final = "KVSYNC_"
 REDACTED: Final = "<redacted>"
@@ -89,86 +99,6 @@ def _describe(endpoint: Endpoint) -> str:
     return f"{endpoint.id.pod}#{endpoint.id.dp_rank} {endpoint.model} {endpoint.pub}"
 
 
-# --- value parsers: str -> value, ValueError with a short "expected ..." message -------------
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip(), 10)
-        except ValueError:
-            raise ValueError(f"expected an integer in [{low}, {high}]") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected an integer in [{low}, {high}]")
-        return value
-
-    return parse
-
-
-def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"expected a number of seconds {bound}")
-        return value
-
-    return parse
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-def _text(raw: str) -> str:
-    return raw
-
-
-def _non_empty(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError("expected a non-empty value")
-    return raw.strip()
-
-
-def _optional_port(raw: str) -> int | None:
-    return None if raw.strip().lower() in {"", "none"} else _int_in(1, 65535)(raw)
-
-
-def _minutes_to_seconds(raw: str) -> str:
-    """AIBrix states the idle TTL in minutes; kvsync in seconds."""
-    try:
-        return repr(float(raw.strip()) * 60)
-    except ValueError:
-        return raw  # let the seconds parser report it
-
-
-def _medium_weights(raw: str) -> Mapping[str, float]:
-    weights: dict[str, float] = {}
-    for item in raw.split(","):
-        medium, sep, number = item.partition("=")
-        try:
-            weight = float(number)
-        except ValueError:
-            weight = math.nan
-        if not sep or not medium.strip() or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"expected MEDIUM=WEIGHT,... with weights >= 0, bad item {item!r}")
-        weights[medium.strip()] = weight
-    return MappingProxyType(weights)
-
-
-def _endpoint_spec(raw: str) -> tuple[Endpoint, ...]:
-    return tuple(specs.parse_endpoint_spec(raw))
-
-
 @dataclass(frozen=True, slots=True)
 class Option:
     """One ``serve`` flag: its Settings field, parser, default and help."""
@@ -178,7 +108,7 @@ class Option:
     help: str
     repeatable: bool = False
     aibrix: str | None = None  # AIBrix env var honoured when KVSYNC_<FLAG> is unset
-    aibrix_convert: Callable[[str], str] = _text
+    aibrix_convert: Callable[[str], str] = text
 
     @property
     def flag(self) -> str:
@@ -190,45 +120,45 @@ class Option:
 
 
 OPTIONS: Final[tuple[Option, ...]] = (
-    Option("discovery", _choice("kubernetes", "static"),
+    Option("discovery", choice("kubernetes", "static"),
            "where endpoints come from (default: kubernetes in a cluster, else static)"),
-    Option("namespace", _non_empty, "namespace to watch, repeatable (default: all)",
+    Option("namespace", non_empty, "namespace to watch, repeatable (default: all)",
            repeatable=True),
-    Option("selector", _text, "label selector of the pods to subscribe to"),
-    Option("endpoint", _endpoint_spec,
+    Option("selector", text, "label selector of the pods to subscribe to"),
+    Option("endpoint", endpoint_spec,
            "static endpoint SPEC name=..,model=..,pub=tcp://h:p[,replay=..,dp_size=..,"
            "lora_id=..,topic=..], repeatable (env: separated by ';')", repeatable=True),
-    Option("endpoints_file", _non_empty, "JSON or YAML list of endpoint specs"),
-    Option("pub_port", _int_in(1, 65535), "pods' KV-event PUB port (rank r: port + r)"),
-    Option("replay_port", _optional_port, "pods' replay ROUTER port (none: no replay)"),
-    Option("dp_size", _int_in(1, 1024), "data-parallel ranks per pod"),
-    Option("topic", _text, "topic prefix to subscribe to ('' = all)"),
-    Option("model_label", _non_empty, "pod label (or annotation) naming the model"),
-    Option("lora_label", _non_empty, "pod label with the LoRA adapter id"),
-    Option("http_host", _non_empty, "HTTP listen address"),
-    Option("http_port", _int_in(0, 65535), "HTTP listen port (0: any free port)"),
-    Option("api_token", _non_empty, "bearer token required on /v1/* (default: none)"),
-    Option("api_token_file", _non_empty, "file holding the bearer token for /v1/*"),
-    Option("max_body_bytes", _int_in(1, 1 << 31), "largest /v1/match request body"),
-    Option("max_query_tokens", _int_in(1, 1 << 31), "most token ids in one /v1/match"),
-    Option("default_block_size", _int_in(1, 1 << 16), "block size answered for unknown models"),
-    Option("medium_weights", _medium_weights, "score weight per medium ('*' = any other)"),
-    Option("max_contexts", _int_in(1, 1 << 31), "most (model, LoRA) contexts kept",
+    Option("endpoints_file", non_empty, "JSON or YAML list of endpoint specs"),
+    Option("pub_port", int_in(1, 65535), "pods' KV-event PUB port (rank r: port + r)"),
+    Option("replay_port", optional_port, "pods' replay ROUTER port (none: no replay)"),
+    Option("dp_size", int_in(1, 1024), "data-parallel ranks per pod"),
+    Option("topic", text, "topic prefix to subscribe to ('' = all)"),
+    Option("model_label", non_empty, "pod label (or annotation) naming the model"),
+    Option("lora_label", non_empty, "pod label with the LoRA adapter id"),
+    Option("http_host", non_empty, "HTTP listen address"),
+    Option("http_port", int_in(0, 65535), "HTTP listen port (0: any free port)"),
+    Option("api_token", non_empty, "bearer token required on /v1/* (default: none)"),
+    Option("api_token_file", non_empty, "file holding the bearer token for /v1/*"),
+    Option("max_body_bytes", int_in(1, 1 << 31), "largest /v1/match request body"),
+    Option("max_query_tokens", int_in(1, 1 << 31), "most token ids in one /v1/match"),
+    Option("default_block_size", int_in(1, 1 << 16), "block size answered for unknown models"),
+    Option("medium_weights", medium_weights, "score weight per medium ('*' = any other)"),
+    Option("max_contexts", int_in(1, 1 << 31), "most (model, LoRA) contexts kept",
            aibrix="AIBRIX_SYNC_MAX_CONTEXTS"),
-    Option("max_prefixes_per_context", _int_in(1, 1 << 40), "most blocks kept per context",
+    Option("max_prefixes_per_context", int_in(1, 1 << 40), "most blocks kept per context",
            aibrix="AIBRIX_SYNC_MAX_PREFIXES_PER_CONTEXT"),
-    Option("eviction_interval_seconds", _seconds(allow_zero=False), "how often eviction runs",
+    Option("eviction_interval_seconds", seconds(allow_zero=False), "how often eviction runs",
            aibrix="AIBRIX_SYNC_EVICTION_INTERVAL_SECONDS"),
-    Option("idle_ttl_seconds", _seconds(allow_zero=False),
+    Option("idle_ttl_seconds", seconds(allow_zero=False),
            "evict blocks not touched for this long", aibrix="AIBRIX_SYNC_EVICTION_DURATION_MINUTES",
-           aibrix_convert=_minutes_to_seconds),
-    Option("replay_timeout_seconds", _seconds(allow_zero=False), "deadline of one replay"),
-    Option("replay_cooldown_seconds", _seconds(allow_zero=True),
+           aibrix_convert=minutes_to_seconds),
+    Option("replay_timeout_seconds", seconds(allow_zero=False), "deadline of one replay"),
+    Option("replay_cooldown_seconds", seconds(allow_zero=True),
            "wait after a failed replay before the next"),
-    Option("drain_seconds", _seconds(allow_zero=True), "keep answering after SIGTERM this long"),
-    Option("stop_timeout_seconds", _seconds(allow_zero=False), "stop budget per component"),
-    Option("log_level", _choice("debug", "info", "warning", "error"), "log level"),
-    Option("log_format", _choice("json", "console"), "log line format"),
+    Option("drain_seconds", seconds(allow_zero=True), "keep answering after SIGTERM this long"),
+    Option("stop_timeout_seconds", seconds(allow_zero=False), "stop budget per component"),
+    Option("log_level", choice("debug", "info", "warning", "error"), "log level"),
+    Option("log_format", choice("json", "console"), "log line format"),
 )  # fmt: skip
 
 
