@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from heapq import heappop, heappush
 from typing import Final
 
-from kvsync import contexts, keys, lookup
+from kvsync import context_tables, keys, lookup
 from kvsync.answers import (
     ApplyOutcome,
     EndpointContext,
@@ -37,7 +37,8 @@ from kvsync.answers import (
     MatchResult,
     Query,
 )
-from kvsync.contexts import PLAIN, Context, Copy
+from kvsync.context_tables import PLAIN, Copy
+from kvsync.contexts import Context
 from kvsync.model import (
     GPU,
     AllBlocksCleared,
@@ -128,7 +129,7 @@ class PrefixIndex:
                         self._removed(slot, run, run_copy, now, out)
                         run = []
                     run_copy = copy
-                run += contexts.u64s(event.block_hashes)
+                run += context_tables.u64s(event.block_hashes)
                 continue
             if run:
                 self._removed(slot, run, run_copy, now, out)
@@ -186,7 +187,7 @@ class PrefixIndex:
         ctx = self._contexts.get(ctx_key)
         parent = keys.ROOT
         if event.parent_block_hash is not None:
-            parent_hash = contexts.u64(event.parent_block_hash)
+            parent_hash = context_tables.u64(event.parent_block_hash)
             found = None if ctx is None else ctx.resolve(slot, parent_hash)
             if found is None:
                 out.rejected[UNKNOWN_PARENT] = out.rejected.get(UNKNOWN_PARENT, 0) + 1
@@ -205,7 +206,9 @@ class PrefixIndex:
             parent, keys.token_view(event.token_ids), event.block_size, n_blocks, extras
         )
         copy = (event.medium or GPU, event.group_idx or 0)
-        out.stored_blocks += ctx.store(slot, parent, contexts.u64s(event.block_hashes), chain, copy)
+        out.stored_blocks += ctx.store(
+            slot, parent, context_tables.u64s(event.block_hashes), chain, copy
+        )
         self._in.setdefault(slot, set()).add(ctx_key)
         limit = self.limits.max_keys_per_context
         if len(ctx.held) > limit:

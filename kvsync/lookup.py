@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from kvsync import keys
-from kvsync.contexts import HOLDERS, Context, Copy, slots_of
+from kvsync.context_tables import HOLDERS, Copy, slots_of
+from kvsync.contexts import Context
 from kvsync.model import GPU
 
 OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium the weights do not name (STORAGE, DISK, ...)

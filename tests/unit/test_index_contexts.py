@@ -1,7 +1,8 @@
 """kvsync.contexts: the per-context tables stay bounded and consistent under churn."""
 
 from kvsync import keys
-from kvsync.contexts import PLAIN, Context, u64, u64s
+from kvsync.context_tables import PLAIN, u64, u64s
+from kvsync.contexts import Context
 from kvsync.index import EndpointContext, Limits, PrefixIndex, Query
 from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash
 
