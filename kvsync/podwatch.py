@@ -19,7 +19,7 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -28,14 +28,13 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kvsync import discovery, metrics
+from kvsync import discovery, metrics, watchstream
 from kvsync.discovery import EndpointTable, PodDefaults, Sink, Skipped
-from kvsync.errors import KvsyncError
 from kvsync.model import Endpoint
+from kvsync.watchstream import GONE, GoneError, WatchEventError
 
 log = structlog.get_logger(__name__)
 
-GONE: Final = 410
 FORBIDDEN: Final = 403
 
 
@@ -57,14 +56,6 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
     """Exponential backoff with jitter: [0.5, 1] x min(cap, initial x 2^attempt)."""
     ceiling: float = min(cap, initial * 2.0 ** min(attempt, 30))
     return ceiling * rng.uniform(0.5, 1.0)
-
-
-class GoneError(KvsyncError):
-    """410: the resourceVersion is too old; re-list. Never leaves this module."""
-
-
-class WatchEventError(KvsyncError):
-    """The stream carried an ERROR event other than 410. Never leaves this module."""
 
 
 @dataclass(slots=True)
@@ -225,7 +216,7 @@ class NamespaceWatch:
         try:
             if self._stopping.is_set():  # stop() ran before _response was visible
                 return resource_version
-            for line in _lines(response):
+            for line in watchstream.event_lines(response):
                 resource_version = self._apply_line(line, resource_version)
         finally:
             self._response = None
@@ -242,10 +233,7 @@ class NamespaceWatch:
             log.warning("informer_malformed_event", namespace=self.namespace, line=line[:200])
             return resource_version
         if kind == "ERROR":
-            code = obj.get("code") if isinstance(obj, dict) else None
-            if code == GONE:
-                raise GoneError(str(obj.get("message")))
-            raise WatchEventError(f"watch ERROR event: {str(obj)[:200]}")
+            watchstream.raise_error_event(obj)
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
         self.stats.events += 1
@@ -254,7 +242,7 @@ class NamespaceWatch:
             if key is not None:
                 discovery.send(self._sink, self._table.put(key, endpoints))
         elif kind == "DELETED":
-            key = _pod_key(obj)
+            key = watchstream.pod_key(obj)
             if key is not None:
                 self._skip_reason.pop(key, None)
                 discovery.send(self._sink, self._table.put(key, []))
@@ -269,7 +257,7 @@ class NamespaceWatch:
             if isinstance(view, Skipped)
             else discovery.pod_endpoints(view, self._options.defaults)
         )
-        key = view.key if isinstance(view, discovery.PodView) else _pod_key(raw)
+        key = view.key if isinstance(view, discovery.PodView) else watchstream.pod_key(raw)
         if not isinstance(found, Skipped):
             self._skip_reason.pop(key or "", None)
             return key, found
@@ -279,25 +267,3 @@ class NamespaceWatch:
             if key is not None:
                 self._skip_reason[key] = found.reason
         return key, []
-
-
-def _pod_key(raw: object) -> str | None:
-    """``namespace/name`` of a raw pod, if it has them (even when the rest is malformed)."""
-    meta = raw.get("metadata") if isinstance(raw, dict) else None
-    if not isinstance(meta, dict):
-        return None
-    namespace, name = meta.get("namespace"), meta.get("name")
-    if isinstance(namespace, str) and isinstance(name, str) and namespace and name:
-        return f"{namespace}/{name}"
-    return None
-
-
-def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """Newline-delimited JSON events as the chunks arrive (one event may span chunks)."""
-    pending = b""
-    for chunk in response.stream(amt=None, decode_content=False):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from (line for line in lines if line.strip())
-    if pending.strip():
-        yield pending

@@ -11,13 +11,8 @@ from kubernetes import client
 
 from kvsync.discovery import PodDefaults
 from kvsync.model import EndpointId
-from kvsync.podwatch import (
-    GoneError,
-    InformerOptions,
-    NamespaceWatch,
-    WatchEventError,
-    backoff_delay,
-)
+from kvsync.podwatch import InformerOptions, NamespaceWatch, backoff_delay
+from kvsync.watchstream import GoneError, WatchEventError
 from tests.e2e.cluster import RecordingSink
 
 pytestmark = pytest.mark.integration
