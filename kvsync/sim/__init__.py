@@ -2,7 +2,8 @@
 
 Used by ``kvsync demo``, the integration tests and the benchmarks; documented in
 docs/simulator.md. I/O edge: ``publisher``, ``sockets`` and ``fleet`` use zmq and threads;
-``engine``, ``workload``, ``eras`` and ``records`` are pure and deterministic given a seed.
+``engine``, ``groundtruth``, ``workload``, ``eras`` and ``records`` are pure and deterministic
+given a seed.
 
     from kvsync.sim import Fleet
     with Fleet(pods=3, seed=1) as fleet:
@@ -14,9 +15,10 @@ docs/simulator.md. I/O edge: ``publisher``, ``sockets`` and ``fleet`` use zmq an
         fleet.ground_truth(q)             # {EndpointId: matched_blocks}
 """
 
-from kvsync.sim.engine import Context, Engine
+from kvsync.sim.engine import Engine
 from kvsync.sim.eras import Era, HashFormat
 from kvsync.sim.fleet import DEFAULT_ADAPTER, Fleet, SimEndpoint
+from kvsync.sim.groundtruth import Context
 from kvsync.sim.publisher import Publisher, PublisherStats
 from kvsync.sim.records import Adapter, Request, SimError, SimQuery, SimTimeoutError
 from kvsync.sim.sockets import AddressInUseError, Malformed

@@ -19,14 +19,12 @@ What it reproduces of vLLM's block pool (``vllm/v1/core/block_pool.py``):
   everything silently, as a new process does.
 
 Ground truth (``held_blocks``) is computed from the token prefixes of the cached blocks, never from
-the engine hashes or extra keys, so it is independent of how anyone indexes the events. A block is
-remembered by its context and a 128-bit BLAKE2 digest of its exact token prefix (storing the
-prefixes themselves would cost memory quadratic in the request length).
+the engine hashes or extra keys (``kvsync.sim.groundtruth``), so it is independent of how anyone
+indexes the events.
 """
 
 import hashlib
 import random
-from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -34,18 +32,11 @@ from typing import Final, NamedTuple
 import msgspec
 
 from kvsync import model
+from kvsync.sim.groundtruth import Context, context_of, prefix_digests, selects
 from kvsync.sim.records import Adapter, Request, SimError, SimQuery
 
 FULL_ATTENTION: Final = "full_attention"
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
-
-
-class Context(NamedTuple):
-    """What besides tokens makes a block distinct: the adapter and the request's cache salt."""
-
-    lora_id: int | None
-    lora_name: str | None
-    cache_salt: str | None
 
 
 @dataclass(slots=True)
@@ -129,7 +120,7 @@ class Engine:
             self._finish_oldest()
         events: list[model.Event] = []
         running = _Running()
-        context = _context(request.adapter, request.cache_salt)
+        context = context_of(request.adapter, request.cache_salt)
         digests = self._chain(tokens, request.adapter, request.cache_salt)
         prefixes = prefix_digests(tokens, self.block_size)
         prompt_full = len(request.prompt) // self.block_size
@@ -269,34 +260,9 @@ class _Segment(NamedTuple):
     prefixes: list[bytes]
 
 
-def prefix_digests(token_ids: tuple[int, ...] | list[int], block_size: int) -> list[bytes]:
-    """For each full block, a digest of all the tokens from the start through that block."""
-    hasher = hashlib.blake2b(digest_size=16)
-    digests = []
-    for end in range(block_size, len(token_ids) + 1, block_size):
-        hasher.update(array("I", token_ids[end - block_size : end]).tobytes())
-        digests.append(hasher.copy().digest())
-    return digests
-
-
-def _context(adapter: Adapter | None, salt: str | None) -> Context:
-    return Context(adapter.id if adapter else None, adapter.name if adapter else None, salt)
-
-
 def _extra_keys(index: int, adapter: Adapter | None, salt: str | None) -> list[str] | None:
     """vLLM's per-block extra keys: the LoRA name on every block, then the salt on block 0."""
     keys = [adapter.name] if adapter else []
     if salt is not None and index == 0:
         keys.append(salt)
     return keys or None
-
-
-def selects(query: SimQuery, context: Context) -> bool:
-    """Whether blocks cached under ``context`` answer ``query`` (see ``matched_blocks``)."""
-    if query.cache_salt != context.cache_salt:
-        return False
-    if query.lora_name is None and query.lora_id is None:
-        return context.lora_name is None and context.lora_id is None
-    return (query.lora_name is None or query.lora_name == context.lora_name) and (
-        query.lora_id is None or query.lora_id == context.lora_id
-    )

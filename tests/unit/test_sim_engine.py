@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kvsync import model
 from kvsync.sim import Adapter, Context, Engine, Request, SimError, SimQuery
-from kvsync.sim.engine import prefix_digests, selects
+from kvsync.sim.groundtruth import prefix_digests, selects
 
 LORA = Adapter(7, "sql-adapter")
 PLAIN = Context(None, None, None)
