@@ -20,11 +20,13 @@ Semantics (architecture.md §3, §5):
   counted by reason in ``evictions``: ``max_contexts`` (least recently used context),
   ``max_keys`` (least recently stored leaf keys of a context over its limit, down to 97 % of
   it), ``idle_ttl`` (a context with no event and no lookup for ``idle_ttl_seconds``).
+
+The endpoint slots and the contexts themselves (use order, ``max_contexts`` and ``idle_ttl``
+eviction, ``drop_endpoint``, ``expire``, sizes) are the base class,
+``kvsync.context_registry.ContextRegistry``; this module applies events and answers lookups.
 """
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from heapq import heappop, heappush
 from typing import Final
 
 from kvsync import context_tables, keys, lookup
@@ -37,8 +39,8 @@ from kvsync.answers import (
     MatchResult,
     Query,
 )
+from kvsync.context_registry import Adapter, ContextRegistry
 from kvsync.context_tables import PLAIN, Copy
-from kvsync.contexts import Context
 from kvsync.model import (
     GPU,
     AllBlocksCleared,
@@ -71,20 +73,13 @@ __all__ = [
     "Query",
 ]
 
-Adapter = str | int | None  # a LoRA name, else a LoRA integer id, else the base model
-ContextKey = tuple[str, Adapter, int]  # (model, adapter, block size)
-
-
 UNKNOWN_PARENT: Final = "unknown_parent"
 STORED: Final = "BlockStored"
 REMOVED: Final = "BlockRemoved"
 CLEARED: Final = "AllBlocksCleared"
-# Bytes per structure, measured with benchmarks/index_bench.py (RSS growth); an estimate only.
-_BYTES_PER_KEY: Final = 130  # dict slot + key int + packed value int
-_BYTES_PER_ENGINE_HASH: Final = 40  # a preshed cell at its usual load
 
 
-class PrefixIndex:
+class PrefixIndex(ContextRegistry):
     """Contexts, holders and the longest-prefix lookup; see the module docstring."""
 
     def __init__(
@@ -93,19 +88,11 @@ class PrefixIndex:
         medium_weights: Mapping[str, float] = DEFAULT_MEDIUM_WEIGHTS,
         default_block_size: int = 16,
     ) -> None:
-        self.limits = limits
+        super().__init__(limits)
         # "*" (the config's "any other medium") becomes the fallback weight of every lookup.
         self.medium_weights = {m: w for m, w in medium_weights.items() if m != lookup.ANY_MEDIUM}
         self.other_medium_weight = medium_weights.get(lookup.ANY_MEDIUM, OTHER_MEDIUM_WEIGHT)
         self.default_block_size = default_block_size
-        self.evictions: dict[str, int] = {}
-        self._contexts: OrderedDict[ContextKey, Context] = OrderedDict()  # least recent first
-        self._sizes: dict[tuple[str, Adapter], list[int]] = {}  # block sizes per context
-        self._slot_of: dict[EndpointId, int] = {}
-        self._endpoint_at: list[EndpointId | None] = []
-        self._free: list[int] = []  # freed slots, smallest reused first: masks stay small
-        self._pod_mask: dict[str, int] = {}
-        self._in: dict[int, set[ContextKey]] = {}  # slot -> contexts it stored into
 
     # -- writes -------------------------------------------------------------------------
 
@@ -147,32 +134,6 @@ class PrefixIndex:
                 out.events[name] = n
         self._expire(now, out.evicted)
         return out
-
-    def expire(self, now: float) -> dict[str, int]:
-        """Drop contexts idle (no event, no lookup) for ``idle_ttl_seconds``; blocks by reason.
-
-        ``apply`` and ``match`` expire as they go; this is the periodic sweep for a fleet that
-        has gone quiet (the ingest thread calls it every ``--eviction-interval-seconds``).
-        """
-        evicted: dict[str, int] = {}
-        self._expire(now, evicted)
-        return evicted
-
-    def drop_endpoint(self, endpoint: EndpointId) -> int:
-        """Forget everything ``endpoint`` holds, in every context; returns blocks dropped."""
-        slot = self._slot_of.pop(endpoint, None)
-        if slot is None:
-            return 0
-        dropped = self._clear(slot)
-        self._in.pop(slot, None)
-        self._endpoint_at[slot] = None
-        mask = self._pod_mask[endpoint.pod] & ~(1 << slot)
-        if mask:
-            self._pod_mask[endpoint.pod] = mask
-        else:
-            del self._pod_mask[endpoint.pod]
-        heappush(self._free, slot)
-        return dropped
 
     def _stored(
         self, slot: int, ec: EndpointContext, event: BlockStored, now: float, out: ApplyOutcome
@@ -240,60 +201,6 @@ class PrefixIndex:
             else:
                 out.unknown_removed += 1
 
-    def _clear(self, slot: int) -> int:
-        dropped = 0
-        for ctx_key in self._in.pop(slot, set()):
-            ctx = self._contexts[ctx_key]
-            dropped += ctx.clear_slot(slot)
-            if not ctx.held and not any(len(h) for h in ctx.engine.values()):
-                self._drop_context(ctx_key)
-        return dropped
-
-    def _slot(self, endpoint: EndpointId) -> int:
-        slot = self._slot_of.get(endpoint)
-        if slot is None:
-            if self._free:
-                slot = heappop(self._free)
-                self._endpoint_at[slot] = endpoint
-            else:
-                slot = len(self._endpoint_at)
-                self._endpoint_at.append(endpoint)
-            self._slot_of[endpoint] = slot
-            self._pod_mask[endpoint.pod] = self._pod_mask.get(endpoint.pod, 0) | 1 << slot
-        return slot
-
-    def _new_context(self, ctx_key: ContextKey, now: float, evicted: dict[str, int]) -> Context:
-        while len(self._contexts) >= self.limits.max_contexts:
-            oldest = next(iter(self._contexts))
-            self._count("max_contexts", len(self._contexts[oldest].held), evicted)
-            self._drop_context(oldest)
-        ctx = self._contexts[ctx_key] = Context(ctx_key[2], now)
-        self._sizes.setdefault(ctx_key[:2], []).append(ctx_key[2])
-        return ctx
-
-    def _drop_context(self, ctx_key: ContextKey) -> None:
-        ctx = self._contexts.pop(ctx_key)
-        for slot in ctx.engine:
-            self._in.get(slot, set()).discard(ctx_key)
-        sizes = self._sizes[ctx_key[:2]]
-        sizes.remove(ctx_key[2])
-        if not sizes:
-            del self._sizes[ctx_key[:2]]
-
-    def _expire(self, now: float, evicted: dict[str, int]) -> None:
-        deadline = now - self.limits.idle_ttl_seconds
-        while self._contexts:
-            ctx_key, ctx = next(iter(self._contexts.items()))
-            if ctx.last_used > deadline:
-                return
-            self._count("idle_ttl", len(ctx.held), evicted)
-            self._drop_context(ctx_key)
-
-    def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
-        if n:
-            self.evictions[reason] = self.evictions.get(reason, 0) + n
-            evicted[reason] = evicted.get(reason, 0) + n
-
     # -- reads --------------------------------------------------------------------------
 
     def match(self, query: Query, now: float) -> MatchResult:
@@ -349,24 +256,3 @@ class PrefixIndex:
                     score, by_medium = lookup.score(slot, run, odd, weights, other)
                 result[slot] = Match(endpoint, run, score, by_medium, block_size)
         return result
-
-    def blocks_held(self, endpoint: EndpointId) -> int:
-        """Blocks ``endpoint`` holds (any medium or group), over every context."""
-        slot = self._slot_of.get(endpoint)
-        if slot is None:
-            return 0
-        return sum(self._contexts[k].counts.get(slot, 0) for k in self._in.get(slot, ()))
-
-    def stats(self) -> IndexStats:
-        """Sizes over every context."""
-        n_keys = sum(len(c.held) for c in self._contexts.values())
-        hashes = sum(sum(c.engine_live.values()) for c in self._contexts.values())
-        return IndexStats(
-            endpoints=len(self._slot_of),
-            contexts=len(self._contexts),
-            keys=n_keys,
-            entries=sum(c.entries() for c in self._contexts.values()),
-            engine_hashes=hashes,
-            bytes_estimate=n_keys * _BYTES_PER_KEY + hashes * _BYTES_PER_ENGINE_HASH,
-            blocks={endpoint: self.blocks_held(endpoint) for endpoint in self._slot_of},
-        )
