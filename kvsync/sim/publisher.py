@@ -5,6 +5,9 @@ PUB/XPUB and the ROUTER replay socket). Every public method is thread-safe: it o
 on a queue and wakes that thread through a pipe, which the thread polls together with its sockets,
 so batches, fault knobs and replay requests are handled in order and at once (no polling timer).
 ``close()`` stops the thread within a bounded join and closes every socket (linger 0).
+The thread's side (the poll loop, command handling) is the base class
+``kvsync.sim.publisher_loop.PublisherLoop``; the queued commands are in
+``kvsync.sim.publisher_commands``.
 
 Wire (see ``kvsync.sim.eras`` for the per-release layouts):
 - live: ``[topic, seq (8-byte BE), payload]``; seq counts batches from 0.
@@ -27,69 +30,28 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import zmq
 
-from kvsync import model, wire
+from kvsync import model
 from kvsync.sim import eras, sockets
+from kvsync.sim.publisher_commands import (
+    Command,
+    DropNext,
+    PublisherStats,
+    Restart,
+    SendBatch,
+    SendFrames,
+    SendMalformed,
+    SetReplayCapacity,
+    Stop,
+)
+from kvsync.sim.publisher_loop import PublisherLoop
 from kvsync.sim.records import SimError, SimTimeoutError
 from kvsync.sim.sockets import Malformed
 
 
-@dataclass(frozen=True, slots=True)
-class PublisherStats:
-    """Counters since start (``restart`` does not reset them)."""
-
-    next_seq: int
-    sent: int  # live batches sent
-    dropped: int  # batches whose seq was consumed without a live send
-    malformed: int
-    replays: int  # replay requests answered
-    bad_replay_requests: int
-    subscriptions: int  # XPUB subscription messages seen
-    buffered: int  # batches in the replay buffer now
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    payload: bytes
-    malformed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Drop:
-    count: int
-    replayable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Capacity:
-    batches: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Frames:
-    frames: list[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class _Malformed:
-    kind: Malformed
-
-
-class _Restart:
-    pass
-
-
-class _Stop:
-    pass
-
-
-_Command = _Batch | _Drop | _Capacity | _Frames | _Malformed | _Restart | _Stop
-
-
-class Publisher:
+class Publisher(PublisherLoop):
     """One endpoint's publisher; binds in the constructor, runs until ``close()``."""
 
     def __init__(
@@ -148,7 +110,7 @@ class Publisher:
         self._counts = dict.fromkeys(
             ("sent", "dropped", "malformed", "replays", "bad_replay_requests", "subscriptions"), 0
         )
-        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -164,7 +126,7 @@ class Publisher:
     def publish(self, events: Sequence[model.Event], *, ts: float | None = None) -> None:
         """Publish one batch (one scheduler step's events); ``ts`` defaults to the clock."""
         payload = self._encode(events, ts)
-        self._put(_Batch(payload))
+        self._put(SendBatch(payload))
 
     def wait_for_subscriber(self, timeout: float = 5.0, count: int = 1) -> None:
         """Block until ``count`` subscriptions have reached the XPUB socket (since start)."""
@@ -187,15 +149,15 @@ class Publisher:
 
     def drop_next(self, count: int = 1, *, replayable: bool = True) -> None:
         """The next ``count`` batches take a seq but are not sent live (replayable if asked)."""
-        self._put(_Drop(count, replayable))
+        self._put(DropNext(count, replayable))
 
     def restart(self) -> None:
         """Behave as a new process: seq back to 0, replay buffer emptied."""
-        self._put(_Restart())
+        self._put(Restart())
 
     def set_replay_capacity(self, batches: int) -> None:
         """Keep only the newest ``batches`` batches for replay (a hole for older requests)."""
-        self._put(_Capacity(batches))
+        self._put(SetReplayCapacity(batches))
 
     def send_malformed(self, kind: Malformed | str, events: Sequence[model.Event] = ()) -> None:
         """Send one bad message of ``kind`` (see ``Malformed``)."""
@@ -207,13 +169,13 @@ class Publisher:
             payload = eras.encode_batch(
                 self.era, mixed, ts=self._clock(), dp_rank=self.dp_rank, hashes=self.hashes
             )
-            self._put(_Batch(payload, malformed=True))
+            self._put(SendBatch(payload, malformed=True))
             return
-        self._put(_Malformed(kind))
+        self._put(SendMalformed(kind))
 
     def send_raw(self, frames: Sequence[bytes]) -> None:
         """Send these frames on the live socket as they are (no seq consumed)."""
-        self._put(_Frames(list(frames)))
+        self._put(SendFrames(list(frames)))
 
     @property
     def stats(self) -> PublisherStats:
@@ -225,7 +187,7 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
-        self._put(_Stop())
+        self._put(Stop())
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise SimTimeoutError(f"publisher thread {self._thread.name} did not stop")
@@ -242,14 +204,8 @@ class Publisher:
         self.close()
 
     # --- caller side ---------------------------------------------------------------------------
-    def _encode(self, events: Sequence[model.Event], ts: float | None) -> bytes:
-        stamp = self._clock() if ts is None else ts
-        return eras.encode_batch(
-            self.era, events, ts=stamp, dp_rank=self.dp_rank, hashes=self.hashes
-        )
-
-    def _put(self, command: _Command) -> None:
-        if self._closed and not isinstance(command, _Stop):
+    def _put(self, command: Command) -> None:
+        if self._closed and not isinstance(command, Stop):
             raise SimError("publisher is closed")
         with self._changed:
             self._enqueued += 1
@@ -261,100 +217,3 @@ class Publisher:
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise SimError(f"publisher thread failed: {self._failure!r}") from self._failure
-
-    # --- the publisher thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        if self._router is not None:
-            poller.register(self._router, zmq.POLLIN)
-        if self._xpub:
-            poller.register(self._live, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if self._wake_r in ready:
-                    sockets.drain_pipe(self._wake_r)
-                if not self._handle_commands():
-                    return
-                if self._router is not None and self._router in ready:
-                    sockets.serve_replays(
-                        self._router, self.era, self._topic, self._buffer, self._count
-                    )
-                if self._live in ready:
-                    self._read_subscriptions()
-        except Exception as exc:  # noqa: BLE001  # thread guard: reported by flush() and close()
-            with self._changed:
-                self._failure = exc
-                self._changed.notify_all()
-        finally:
-            self._close_sockets()
-
-    def _handle_commands(self) -> bool:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return True
-            if isinstance(command, _Stop):
-                return False
-            self._handle(command)
-            with self._changed:
-                self._done += 1
-                self._changed.notify_all()
-
-    def _handle(self, command: _Command) -> None:
-        match command:
-            case _Batch(payload, malformed):
-                if malformed:  # counted before it leaves: a receiver then sees the count
-                    self._count("malformed")
-                self._send_batch(payload)
-            case _Drop(count, replayable):
-                self._drop_live, self._drop_replayable = count, replayable
-            case _Capacity(batches):
-                self._buffer = deque(self._buffer, maxlen=batches)
-            case _Restart():
-                with self._changed:
-                    self._seq, self._drop_live = 0, 0
-                    self._buffer.clear()
-            case _Frames(frames):
-                self._live.send_multipart(frames)
-            case _Malformed(kind):
-                empty = self._encode([], None)
-                self._count("malformed")
-                self._live.send_multipart(
-                    sockets.malformed_frames(kind, self._topic, self._seq, empty)
-                )
-
-    def _send_batch(self, payload: bytes) -> None:
-        seq = self._seq
-        with self._changed:
-            self._seq += 1
-        if self._drop_live:
-            self._drop_live -= 1
-            self._count("dropped")
-            if self._drop_replayable:
-                self._buffer.append((seq, payload))
-            return
-        self._buffer.append((seq, payload))
-        self._count("sent")
-        self._live.send_multipart([self._topic, wire.encode_seq(seq), payload])
-
-    def _read_subscriptions(self) -> None:
-        while True:
-            try:
-                message = self._live.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if message[:1] == b"\x01":
-                self._count("subscriptions")
-
-    def _count(self, name: str) -> None:
-        with self._changed:
-            self._counts[name] += 1
-            self._changed.notify_all()
-
-    def _close_sockets(self) -> None:
-        self._live.close(linger=0)
-        if self._router is not None:
-            self._router.close(linger=0)
