@@ -195,6 +195,14 @@ class Recorder:
         self.lags.append(lag)
 
 
+def _subscribe_all(manager: SubscriberManager, addresses: list[str], conn: Connection) -> None:
+    """One endpoint per publisher address; returns once the child saw every subscription."""
+    for i, address in enumerate(addresses):
+        manager.set_endpoint(Endpoint(EndpointId(f"bench/pod-{i}"), "model", address))
+    if conn.recv() != "subscribed":
+        raise RuntimeError("child did not report subscriptions")
+
+
 def socket_run(conn: Connection, addresses: list[str], positions: list[list[int]],
                blocks: int, rate: float | None) -> dict[str, Any]:  # fmt: skip
     recorder = Recorder()
@@ -202,10 +210,7 @@ def socket_run(conn: Connection, addresses: list[str], positions: list[list[int]
     manager = SubscriberManager(index, lock, settings=IngestSettings(), on_lag=recorder)
     manager.start()
     try:
-        for i, address in enumerate(addresses):
-            manager.set_endpoint(Endpoint(EndpointId(f"bench/pod-{i}"), "model", address))
-        if conn.recv() != "subscribed":
-            raise RuntimeError("child did not report subscriptions")
+        _subscribe_all(manager, addresses, conn)
         conn.send(("send", positions, rate))
         sent = conn.recv()
         deadline = time.monotonic() + 120
@@ -289,10 +294,7 @@ def idle_cpu(conn: Connection, addresses: list[str], seconds: float) -> dict[str
     manager = SubscriberManager(index, lock)
     manager.start()
     try:
-        for i, address in enumerate(addresses):
-            manager.set_endpoint(Endpoint(EndpointId(f"bench/pod-{i}"), "model", address))
-        if conn.recv() != "subscribed":
-            raise RuntimeError("child did not report subscriptions")
+        _subscribe_all(manager, addresses, conn)
         cpu0, wall0 = time.process_time(), time.monotonic()
         time.sleep(seconds)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn
 
-from kvsync import discovery, index
+from kvsync import index
+from kvsync.discovery import PodDefaults  # by name: inside Settings, `discovery` is a field
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint
 from kvsync.option_values import (
@@ -40,7 +41,7 @@ ENV_PREFIX: Final = "KVSYNC_"
 REDACTED: Final = "<redacted>"
 DEFAULT_MEDIUM_WEIGHTS: Final = {"GPU": 1.0, "CPU": 0.8, "*": 0.5}
 _LIMITS: Final = index.Limits()
-_POD: Final = discovery.PodDefaults()
+_POD: Final = PodDefaults()
 
 DiscoveryMode = Literal["kubernetes", "static"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -83,6 +84,10 @@ class Settings:
     stop_timeout_seconds: float = 5.0
     log_level: LogLevel = "info"
     log_format: LogFormat = "json"
+
+    def pod_defaults(self) -> PodDefaults:
+        """What a pod gets when its annotations say nothing: these settings' pod fields."""
+        return PodDefaults(**{f.name: getattr(self, f.name) for f in fields(PodDefaults)})
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain values for the start-up log line, secrets replaced."""

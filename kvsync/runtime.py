@@ -28,7 +28,6 @@ import structlog
 
 from kvsync import api, index, informer, metrics, schemas, server, static
 from kvsync.config import Settings
-from kvsync.discovery import PodDefaults
 from kvsync.errors import ConfigError
 from kvsync.ingest import IngestSettings, ReplaySettings
 from kvsync.model import EndpointId
@@ -131,16 +130,8 @@ class Daemon:
 
     def _informer_options(self) -> informer.InformerOptions:
         s = self.settings
-        defaults = PodDefaults(
-            pub_port=s.pub_port,
-            replay_port=s.replay_port,
-            dp_size=s.dp_size,
-            topic=s.topic,
-            model_label=s.model_label,
-            lora_label=s.lora_label,
-        )
         return informer.InformerOptions(
-            namespaces=s.namespace, selector=s.selector, defaults=defaults
+            namespaces=s.namespace, selector=s.selector, defaults=s.pod_defaults()
         )
 
     def _event_age(self, endpoint: EndpointId) -> float | None:
