@@ -6,12 +6,22 @@ ARG BASE=python:3.11-slim
 FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+# A C compiler and libc headers for the extension kvsync._native (python:3.11-slim has Python's
+# own headers). This stage only: the final image gets the built venv and no toolchain. Unpinned on
+# purpose: BASE is overridable, and a pinned Debian version breaks with every point release of it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY kvsync ./kvsync
 # A non-editable install: the venv holds kvsync itself, so the source tree is not needed later.
+# setup.py downloads xxhash.h (a pinned, checksummed sdist from PyPI) as pip fetches the deps.
+# -P: import the installed kvsync, not the source tree in the working directory.
 RUN python -m venv /opt/kvsync \
     && /opt/kvsync/bin/pip install --no-cache-dir . \
+    && /opt/kvsync/bin/python -P -c 'import kvsync._native' \
     && /opt/kvsync/bin/kvsync --version
 
 FROM ${BASE}

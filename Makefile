@@ -7,18 +7,33 @@ PYTEST_ARGS ?=
 
 .PHONY: install lint types arch unit test demo bench e2e chart clean
 
+# The editable install also builds the C extension kvsync._native, in place (kvsync/_native*.so
+# beside the Python sources, where the editable finder imports it from). setuptools goes into the
+# venv as well, for the rule below.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP)
+# Then a change under kvsync/csrc/ (an edited, added or removed file) or to setup.py rebuilds just
+# the extension, in place, before any target that runs kvsync. The file name carries the ABI tag of
+# the venv's Python (python3's before the venv exists). --force: make has decided, and setuptools'
+# own timestamp check would miss a change of flags in setup.py. In a new venv this repeats pip's
+# build once (make saw no .so before pip ran): a second or two.
+EXT_SUFFIX := $(shell $(if $(wildcard $(PY)),$(PY),python3) -c \
+    'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+NATIVE := kvsync/_native$(EXT_SUFFIX)
+
+$(NATIVE): $(wildcard kvsync/csrc kvsync/csrc/*) setup.py | $(STAMP)
+	$(PY) setup.py -q build_ext --inplace --force
+
+install: $(NATIVE)
 
 lint: install
-	$(VENV)/bin/ruff check kvsync tests benchmarks
-	$(VENV)/bin/ruff format --check kvsync tests benchmarks
+	$(VENV)/bin/ruff check kvsync tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check kvsync tests benchmarks setup.py
 
 types: install
 	$(VENV)/bin/mypy
@@ -57,5 +72,6 @@ bench: install
 	$(PY) benchmarks/sim_bench.py
 	$(PY) benchmarks/discovery_bench.py
 
+# build/ holds setuptools' objects and the downloaded xxhash.h (fetched again on the next build).
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build kvsync/_native*.so

@@ -1,8 +1,9 @@
 """The container image recipe: hadolint-clean, and the shape the chart relies on.
 
 No Docker engine here, so the Dockerfile is linted and read, not built: a non-root numeric user
-that matches the chart's runAsUser, exec-form entrypoint (SIGTERM reaches kvsync), only the
-venv in the final stage, and a build context limited to what the package needs.
+that matches the chart's runAsUser, exec-form entrypoint (SIGTERM reaches kvsync), a C compiler
+in the build stage only, only the venv in the final stage, and a build context limited to what
+the package needs.
 """
 
 import json
@@ -48,6 +49,18 @@ def test_two_stages_from_one_overridable_base() -> None:
     assert froms == ["${BASE} AS build", "${BASE}"]
 
 
+def test_compiler_in_the_build_stage_only() -> None:
+    # kvsync._native is built by pip in the first stage; the image that runs it has no toolchain.
+    steps = instructions()
+    second = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    build_runs = " ".join(args for word, args in steps[:second] if word == "RUN")
+    final_runs = " ".join(args for word, args in steps[second:] if word == "RUN")
+    assert "apt-get install -y --no-install-recommends gcc libc6-dev" in build_runs
+    assert "import kvsync._native" in build_runs  # the build fails if the extension does not load
+    assert "apt-get" not in final_runs
+    assert "gcc" not in final_runs
+
+
 def test_final_stage_copies_only_the_venv_and_runs_kvsync_unprivileged() -> None:
     steps = instructions()
     final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM") :]
@@ -77,7 +90,7 @@ def test_build_context_holds_only_what_the_package_needs() -> None:
     ]
     assert patterns[0] == "*"  # ignore everything, then allow the package sources back in
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "kvsync"}
+    assert allowed == {"pyproject.toml", "setup.py", "README.md", "kvsync"}
     copied = {
         part.rstrip("/")
         for word, args in instructions()
@@ -85,3 +98,4 @@ def test_build_context_holds_only_what_the_package_needs() -> None:
         for part in args.split()[:-1]
     }
     assert copied <= allowed
+    assert "setup.py" in copied  # it declares the C extension: without it pip builds no module
