@@ -58,7 +58,7 @@ def _stored(
     return model.BlockStored(
         block_hashes=hashes,
         parent_block_hash=parent,
-        token_ids=tokens,
+        token_ids=model.encode_tokens(tokens),
         block_size=BLOCK,
         medium=model.GPU,
         group_idx=0,

@@ -6,6 +6,13 @@ same process, interleaved round by round, and the medians of CPU time are compar
 machine is shared and noisy. Decoded results are dropped at once, as the daemon does. Prints one
 JSON document.
 
+What each side does: msgspec's untyped decode builds dicts, lists and one Python int per token
+and checks nothing. kvsync's typed decode builds the final records, keeps each event's token ids
+as their msgpack bytes (``msgspec.Raw``, what the index hashes) and validates them in C in
+``BlockStored.__post_init__`` (ints in [0, 2^32), count = blocks x block_size), plus every other
+check of ``kvsync.model``. Before timing, every batch is checked to decode with no rejection and
+the expected number of blocks, so the typed side cannot look fast by rejecting events.
+
     .venv/bin/python benchmarks/decode_bench.py [--batches N] [--rounds R] [--era 0.33|0.23]
 """
 
@@ -19,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from kvsync import decoder, wire
+from kvsync import decoder, model, wire
 
 BLOCK = 16
 
@@ -67,6 +74,21 @@ def _cpu_seconds(run: Callable[[], None]) -> float:
     return time.process_time() - start
 
 
+def _check_typed(messages: list[list[bytes]], blocks: int) -> None:
+    """Every event decodes (none rejected) with its tokens validated, as the timed loop does."""
+    seen = 0
+    for frames in messages:
+        batch = decoder.decode_live(frames)
+        if batch.rejected:
+            raise SystemExit(f"the typed decoder rejected events: {batch.rejected}")
+        for event in batch.events:
+            assert isinstance(event, model.BlockStored)
+            assert isinstance(event.token_ids, msgspec.Raw)
+            seen += len(event.block_hashes)
+    if seen != blocks:
+        raise SystemExit(f"decoded {seen} blocks, built {blocks}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=2_000)
@@ -74,6 +96,7 @@ def main() -> None:
     parser.add_argument("--era", choices=["0.33", "0.23"], default="0.33")
     args = parser.parse_args()
     messages, blocks = build(args.batches, args.era)
+    _check_typed(messages, blocks)
     payloads = [m[2] for m in messages]
     untyped = msgspec.msgpack.decode
 

@@ -75,7 +75,7 @@ def _plain(event: model.Event) -> list[Any]:
             "BlockStored",
             _u64(event.block_hashes),
             None if parent is None else _u64([parent])[0],
-            event.token_ids,
+            model.token_list(event),
             event.block_size,
             event.lora_id,
             event.medium,

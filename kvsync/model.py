@@ -7,6 +7,16 @@ the hottest path. Treat them as immutable once decoded.
 
 Validation that does not depend on the layout lives here, in ``__post_init__``: msgspec turns a
 ``ValueError`` raised there into a ``ValidationError`` for that event only.
+
+``BlockStored.token_ids`` is a ``msgspec.Raw``: the msgpack array of token ids exactly as it came
+off the wire, never a list of Python ints. Making one int per token and range-checking it was most
+of the decoder's cost (the typed decode ran at 0.79x msgspec's untyped decode of the same bytes,
+1.17x with Raw; BENCHMARKS.md, "## Decode"), and the index hashes the tokens in C from the
+msgpack bytes anyway.
+Invariant, checked in ``__post_init__`` (by ``kvsync._native.token_count``, in C): it is one
+msgpack array of ints in [0, 2^32), ``len(block_hashes) * block_size`` of them. ``len()`` of the
+Raw counts bytes, not tokens. Build the field with ``encode_tokens(ids)``; read it as ints with
+``token_list(event)``.
 """
 
 from collections.abc import Sequence
@@ -15,6 +25,7 @@ from typing import Annotated, Any, Final, NamedTuple, cast
 
 import msgspec
 
+from kvsync import _native
 from kvsync.errors import Reason
 
 UINT64_MASK: Final = (1 << 64) - 1
@@ -25,7 +36,6 @@ GPU: Final = "GPU"
 # <= 0.10.1 and SGLang send signed int64); bytes (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0) are kept.
 EngineHash = int | bytes
 WireHash = int | Annotated[bytes, msgspec.Meta(min_length=8, max_length=32)]
-TokenId = Annotated[int, msgspec.Meta(ge=0, lt=TOKEN_LIMIT)]
 BlockSize = Annotated[int, msgspec.Meta(gt=0)]
 
 
@@ -68,7 +78,7 @@ class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False)
 
     block_hashes: list[WireHash]
     parent_block_hash: WireHash | None
-    token_ids: list[TokenId]
+    token_ids: msgspec.Raw  # a msgpack array of token ids: see the module docstring
     block_size: BlockSize
     lora_id: int | None = None
     medium: str | None = None
@@ -79,10 +89,11 @@ class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False)
 
     def __post_init__(self) -> None:
         n_blocks = len(self.block_hashes)
-        if len(self.token_ids) != n_blocks * self.block_size:
+        # ValueError "tokens: ..." unless a msgpack array of ints in [0, 2^32)
+        count = _native.token_count(self.token_ids)
+        if count != n_blocks * self.block_size:
             raise ValueError(
-                f"{Reason.TOKENS}: {len(self.token_ids)} token ids for {n_blocks} blocks "
-                f"of {self.block_size}"
+                f"{Reason.TOKENS}: {count} token ids for {n_blocks} blocks of {self.block_size}"
             )
         if self.extra_keys is not None and len(self.extra_keys) != n_blocks:
             raise ValueError(f"{len(self.extra_keys)} extra_keys entries for {n_blocks} blocks")
@@ -90,6 +101,20 @@ class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False)
         parent = self.parent_block_hash
         if type(parent) is int and parent < 0:
             self.parent_block_hash = parent & UINT64_MASK
+
+
+_TOKEN_LIST: Final = msgspec.msgpack.Decoder(list[int])
+
+
+def encode_tokens(token_ids: Sequence[int]) -> msgspec.Raw:
+    """``token_ids`` as ``BlockStored.token_ids`` holds them (checked when the record is built)."""
+    ids = token_ids if isinstance(token_ids, list | tuple) else list(token_ids)
+    return msgspec.Raw(msgspec.msgpack.encode(ids))
+
+
+def token_list(event: BlockStored) -> list[int]:
+    """The token ids of ``event`` as ints (a copy: the ingest path never needs this)."""
+    return _TOKEN_LIST.decode(event.token_ids)
 
 
 class BlockRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", gc=False):

@@ -200,7 +200,7 @@ class Engine:
             model.BlockStored(
                 block_hashes=[digests[i] for i in run],
                 parent_block_hash=digests[first - 1] if first else None,
-                token_ids=list(tokens[first * size : (run[-1] + 1) * size]),
+                token_ids=model.encode_tokens(tokens[first * size : (run[-1] + 1) * size]),
                 block_size=size,
                 lora_id=adapter.id if adapter else None,
                 medium=model.GPU,

@@ -73,7 +73,7 @@ class HashFormat(enum.StrEnum):
 class Stored0101(msgspec.Struct, array_like=True, tag="BlockStored"):
     block_hashes: list[WireHash]
     parent_block_hash: WireHash | None
-    token_ids: list[int]
+    token_ids: msgspec.Raw  # vLLM's list[int], already msgpack in the record: copied as is
     block_size: int
     lora_id: int | None
 
@@ -110,7 +110,7 @@ class ArrayCleared(msgspec.Struct, array_like=True, tag="AllBlocksCleared"):
 class Stored025(msgspec.Struct, tag="BlockStored", tag_field="type", omit_defaults=True):
     block_hashes: list[WireHash]
     parent_block_hash: WireHash | None
-    token_ids: list[int]
+    token_ids: msgspec.Raw  # vLLM's list[int], already msgpack in the record: copied as is
     block_size: int
     lora_id: int | None
     medium: str | None
@@ -161,8 +161,7 @@ def wire_hash(value: WireHash, hashes: HashFormat) -> WireHash:
 def _stored(era: Era, ev: model.BlockStored, hashes: HashFormat) -> msgspec.Struct:
     block_hashes = [wire_hash(h, hashes) for h in ev.block_hashes]
     parent = None if ev.parent_block_hash is None else wire_hash(ev.parent_block_hash, hashes)
-    tokens = list(ev.token_ids)
-    common = (block_hashes, parent, tokens, ev.block_size, ev.lora_id)
+    common = (block_hashes, parent, ev.token_ids, ev.block_size, ev.lora_id)
     if era is Era.V0_10_1:
         return Stored0101(*common)
     extra = list(ev.extra_keys) if ev.extra_keys is not None else None
@@ -211,14 +210,15 @@ def bad_event(era: Era, block_size: int) -> msgspec.Raw:
     ev = model.BlockStored(
         block_hashes=[b"\x01" * 32],
         parent_block_hash=None,
-        token_ids=list(range(block_size)),
+        token_ids=model.encode_tokens(range(block_size)),
         block_size=block_size,
         medium=model.GPU,
         group_idx=0,
         kv_cache_spec_kind="full_attention",
     )
     struct = event_struct(era, ev, era.default_hashes)
-    struct.token_ids = struct.token_ids[:-1]  # type: ignore[attr-defined]  # every Stored* has it
+    short = model.encode_tokens(range(block_size - 1))
+    struct.token_ids = short  # type: ignore[attr-defined]  # every Stored* has it
     return msgspec.Raw(_ENCODER.encode(struct))
 
 

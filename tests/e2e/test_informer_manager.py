@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from kvsync.index import Query
-from kvsync.model import BlockStored, EndpointId
+from kvsync.model import BlockStored, EndpointId, encode_tokens
 from kvsync.sim.publisher import Publisher
 from tests.e2e.cluster import MODEL_LABEL, Cluster, Pods, eventually, free_port
 from tests.e2e.conftest import StartInformer
@@ -42,7 +42,7 @@ def stored(first_hash: int, tokens: list[int] = TOKENS) -> BlockStored:
     return BlockStored(
         block_hashes=[first_hash, first_hash + 1],
         parent_block_hash=None,
-        token_ids=tokens,
+        token_ids=encode_tokens(tokens),
         block_size=BLOCK,
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvsync.model import BlockStored
+from kvsync.model import BlockStored, encode_tokens
 from kvsync.sim.publisher import Publisher
 from tests.e2e.cluster import ROOT, Cluster, Pods, eventually
 
@@ -77,7 +77,8 @@ def test_serve_follows_pods_and_answers_matches(serve: str, pods: Pods, namespac
             publisher.wait_for_subscriber()
             publisher.publish(
                 [BlockStored(block_hashes=[number * 10, number * 10 + 1],
-                             parent_block_hash=None, token_ids=TOKENS, block_size=16)]
+                             parent_block_hash=None, token_ids=encode_tokens(TOKENS),
+                             block_size=16)]
             )  # fmt: skip
 
         def matches() -> dict[str, int]:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from kvsync import api, index, metrics, schemas, server
-from kvsync.model import BlockStored, EndpointId
+from kvsync.model import BlockStored, EndpointId, encode_tokens
 
 MODEL = "llama"
 BLOCK = 4
@@ -57,7 +57,7 @@ def store(
     event = BlockStored(
         block_hashes=[first_hash + i for i in range(blocks)],
         parent_block_hash=None,
-        token_ids=list(tokens[: blocks * block_size]),
+        token_ids=encode_tokens(tokens[: blocks * block_size]),
         block_size=block_size,
         medium=medium,
         lora_name=lora_name,

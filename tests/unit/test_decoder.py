@@ -7,7 +7,15 @@ import pytest
 
 from kvsync import decoder, wire
 from kvsync.errors import DecodeError, Reason
-from kvsync.model import AllBlocksCleared, Batch, BlockRemoved, BlockStored, ReplayEnd
+from kvsync.model import (
+    AllBlocksCleared,
+    Batch,
+    BlockRemoved,
+    BlockStored,
+    ReplayEnd,
+    encode_tokens,
+    token_list,
+)
 from tests import golden
 
 CAPTURES = golden.all_captures()
@@ -22,7 +30,7 @@ def _as_expected(event: Any) -> dict[str, Any]:
                 "type": "BlockStored",
                 "block_hashes": event.block_hashes,
                 "parent_block_hash": event.parent_block_hash,
-                "token_ids": event.token_ids,
+                "token_ids": token_list(event),
                 "block_size": event.block_size,
                 "lora_id": event.lora_id,
                 "medium": event.medium,
@@ -55,7 +63,7 @@ def _normalised(expected: dict[str, Any]) -> dict[str, Any]:
 
 def _sample(tag: str) -> Any:
     return {
-        "BlockStored": BlockStored([], None, [], 1),
+        "BlockStored": BlockStored([], None, encode_tokens([]), 1),
         "BlockRemoved": BlockRemoved([]),
         "AllBlocksCleared": AllBlocksCleared(),
     }[tag]
@@ -205,6 +213,60 @@ def test_a_malformed_array_event_is_rejected_alone() -> None:
     batch = _live([1.0, [["BlockRemoved", [1]], ["BlockStored", [1], None, [1, 2, 3], 2]], 0])
     assert len(batch.events) == 1
     assert [r.reason for r in batch.rejected] == [Reason.TOKENS]
+
+
+_BAD_TOKEN_IDS = [
+    [1, 2, 3],  # not n_blocks x block_size
+    [1, -2],
+    [-(1 << 63), 1],  # int64 width
+    [1, 1 << 32],
+    [1, (1 << 64) - 1],  # uint64 width
+    [1, "2"],
+    [1, 2.0],
+    [1, True],
+    [1, None],
+    [1, [2]],
+    "12",
+    None,
+    {"0": 1, "1": 2},
+]
+
+
+@pytest.mark.parametrize("tokens", _BAD_TOKEN_IDS, ids=repr)
+@pytest.mark.parametrize("layout", ["array", "map"])
+def test_bad_token_ids_are_a_tokens_rejection_in_both_layouts(tokens: Any, layout: str) -> None:
+    if layout == "array":
+        bad: Any = ["BlockStored", [1], None, tokens, 2, None, "GPU"]
+    else:
+        bad = {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": None,
+               "token_ids": tokens, "block_size": 2}  # fmt: skip
+    batch = _live([1.0, [["AllBlocksCleared"], bad, ["BlockRemoved", [1]]], 0])
+    assert len(batch.events) == 2
+    assert [(r.position, r.reason) for r in batch.rejected] == [(1, Reason.TOKENS)]
+    assert batch.rejected[0].detail.startswith("tokens:")
+
+
+def test_token_ids_stay_msgpack_and_read_back_exactly() -> None:
+    ids = [0, 1, 127, 128, 255, 256, 65_535, 65_536, (1 << 32) - 1]
+    (stored,) = _live([1.0, [["BlockStored", [1, 2, 3], None, ids, 3]], 0]).events
+    assert isinstance(stored, BlockStored)
+    assert isinstance(stored.token_ids, msgspec.Raw)  # no Python int per token on ingest
+    assert bytes(stored.token_ids) == _encode(ids)
+    assert token_list(stored) == ids
+
+
+def test_a_record_built_in_python_is_validated_the_same_way() -> None:
+    stored = BlockStored([1, 2], None, encode_tokens(range(4)), 2)
+    assert token_list(stored) == [0, 1, 2, 3]
+    assert stored == BlockStored([1, 2], None, encode_tokens((0, 1, 2, 3)), 2)
+    with pytest.raises(ValueError, match=r"^tokens: 3 token ids for 2 blocks of 2$"):
+        BlockStored([1, 2], None, encode_tokens([1, 2, 3]), 2)
+    with pytest.raises(ValueError, match=r"^tokens: "):
+        BlockStored([1], None, encode_tokens([1, -2]), 2)
+    with pytest.raises(ValueError, match=r"^tokens: "):
+        BlockStored([1], None, encode_tokens([1, 1 << 32]), 2)
+    with pytest.raises(TypeError):  # a plain list is a mistake, not silently accepted
+        BlockStored([1], None, [1, 2], 2)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

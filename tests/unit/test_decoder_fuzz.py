@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from kvsync import decoder, wire
 from kvsync.errors import DecodeError
-from kvsync.model import TOKEN_LIMIT, AllBlocksCleared, Batch, BlockRemoved, BlockStored, ReplayEnd
+from kvsync.model import (
+    TOKEN_LIMIT,
+    AllBlocksCleared,
+    Batch,
+    BlockRemoved,
+    BlockStored,
+    ReplayEnd,
+    token_list,
+)
 from tests import golden
 
 MUTATIONS = 20_000
@@ -47,8 +55,9 @@ def _assert_valid(result: Batch | ReplayEnd) -> None:
     for event in result.events:
         match event:
             case BlockStored():
-                assert len(event.token_ids) == len(event.block_hashes) * event.block_size
-                assert all(0 <= t < TOKEN_LIMIT for t in event.token_ids)
+                tokens = token_list(event)
+                assert len(tokens) == len(event.block_hashes) * event.block_size
+                assert all(0 <= t < TOKEN_LIMIT for t in tokens)
                 assert all(isinstance(h, bytes) or 0 <= h < 1 << 64 for h in event.block_hashes)
             case BlockRemoved():
                 assert all(isinstance(h, bytes) or 0 <= h < 1 << 64 for h in event.block_hashes)

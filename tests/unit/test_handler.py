@@ -33,6 +33,7 @@ from kvsync.model import (
     Event,
     Rejection,
     ReplayEnd,
+    encode_tokens,
 )
 
 EP = EndpointId("default/vllm-0", 0)
@@ -338,7 +339,7 @@ def test_replies_without_a_replay_in_flight_are_stale() -> None:
 
 def test_outcome_counts_events_blocks_rejections_and_lag() -> None:
     h, w = make(has_replay=False)
-    stored = BlockStored([11, 12], None, [1, 2, 3, 4], 2)
+    stored = BlockStored([11, 12], None, encode_tokens([1, 2, 3, 4]), 2)
     events: list[Event] = [stored, BlockRemoved([11]), AllBlocksCleared()]
     rejected = (Rejection(3, Reason.TOKENS, "bad"), Rejection(4, Reason.HASH, "bad"))
     out = h.on_live(Batch(0, 99.5, 0, events, rejected), Instant(7.0, 100.0))

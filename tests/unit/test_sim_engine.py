@@ -39,7 +39,8 @@ class EventReplica:
     def _store(self, event: model.BlockStored) -> None:
         size = self.block_size
         assert event.block_size == size
-        assert len(event.token_ids) == len(event.block_hashes) * size, "only full blocks"
+        tokens = model.token_list(event)
+        assert len(tokens) == len(event.block_hashes) * size, "only full blocks"
         assert event.extra_keys is not None
         assert len(event.extra_keys) == len(event.block_hashes)
         if event.parent_block_hash is None:
@@ -51,7 +52,7 @@ class EventReplica:
             context, prefix = self.blocks[event.parent_block_hash]
         for i, block_hash in enumerate(event.block_hashes):
             assert block_hash not in self.blocks, "a cached block is never stored twice"
-            prefix += tuple(event.token_ids[i * size : (i + 1) * size])
+            prefix += tuple(tokens[i * size : (i + 1) * size])
             self.blocks[block_hash] = (context, prefix)
 
     def matched_query(self, query: SimQuery) -> int:
@@ -84,7 +85,7 @@ def test_request_stores_its_full_blocks_chained_and_not_the_partial_tail() -> No
     assert [len(e.block_hashes) for e in stored] == [2, 1]  # prompt blocks, then generated
     assert stored[0].parent_block_hash is None
     assert stored[1].parent_block_hash == stored[0].block_hashes[-1]
-    assert stored[1].token_ids == [8, 9, 50, 51]
+    assert model.token_list(stored[1]) == [8, 9, 50, 51]
     assert engine.cached_blocks == 3
     assert engine.held_blocks(PLAIN, [*range(10), 50, 51, 52, 53]) == 3
 
@@ -95,7 +96,7 @@ def test_cached_prefix_is_reused_and_not_stored_again() -> None:
     events = engine.run(_request(*range(8), 100, 101, 102, 103))
     assert len(events) == 1
     assert isinstance(events[0], model.BlockStored)
-    assert events[0].token_ids == [100, 101, 102, 103]
+    assert model.token_list(events[0]) == [100, 101, 102, 103]
     assert events[0].parent_block_hash is not None
 
 
@@ -226,4 +227,4 @@ def test_hit_between_misses_splits_the_stored_chain() -> None:
         (a[0], [a[1]]),
         (a[2], [a[3]]),
     ]
-    assert [e.token_ids for e in again] == [[3, 4], [7, 8]]
+    assert [model.token_list(e) for e in again] == [[3, 4], [7, 8]]

@@ -54,7 +54,7 @@ def _event(want: dict[str, Any], script: dict[str, Any], size: int) -> model.Eve
     return model.BlockStored(
         block_hashes=hashes,
         parent_block_hash=None if parent is None else golden.expected_hash(parent),
-        token_ids=script["token_ids"],
+        token_ids=model.encode_tokens(script["token_ids"]),
         block_size=size,
         lora_id=script.get("lora_id"),
         medium=model.GPU,
