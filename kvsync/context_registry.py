@@ -15,7 +15,6 @@ keys come from decoded events and valid queries.
 
 from collections import OrderedDict
 from heapq import heappop, heappush
-from typing import Final
 
 from kvsync.answers import IndexStats, Limits
 from kvsync.contexts import Context
@@ -23,10 +22,6 @@ from kvsync.model import EndpointId
 
 Adapter = str | int | None  # a LoRA name, else a LoRA integer id, else the base model
 ContextKey = tuple[str, Adapter, int]  # (model, adapter, block size)
-
-# Bytes per structure, measured with benchmarks/index_bench.py (RSS growth); an estimate only.
-_BYTES_PER_KEY: Final = 130  # dict slot + key int + packed value int
-_BYTES_PER_ENGINE_HASH: Final = 40  # a preshed cell at its usual load
 
 
 class ContextRegistry:
@@ -74,7 +69,7 @@ class ContextRegistry:
         for ctx_key in self._in.pop(slot, set()):
             ctx = self._contexts[ctx_key]
             dropped += ctx.clear_slot(slot)
-            if not ctx.held and not any(len(h) for h in ctx.engine.values()):
+            if ctx.is_empty():
                 self._drop_context(ctx_key)
         return dropped
 
@@ -94,16 +89,16 @@ class ContextRegistry:
     def _new_context(self, ctx_key: ContextKey, now: float, evicted: dict[str, int]) -> Context:
         while len(self._contexts) >= self.limits.max_contexts:
             oldest = next(iter(self._contexts))
-            self._count("max_contexts", len(self._contexts[oldest].held), evicted)
+            self._count("max_contexts", len(self._contexts[oldest].table), evicted)
             self._drop_context(oldest)
         ctx = self._contexts[ctx_key] = Context(ctx_key[2], now)
         self._sizes.setdefault(ctx_key[:2], []).append(ctx_key[2])
         return ctx
 
     def _drop_context(self, ctx_key: ContextKey) -> None:
-        ctx = self._contexts.pop(ctx_key)
-        for slot in ctx.engine:
-            self._in.get(slot, set()).discard(ctx_key)
+        del self._contexts[ctx_key]
+        for stored_into in self._in.values():
+            stored_into.discard(ctx_key)
         sizes = self._sizes[ctx_key[:2]]
         sizes.remove(ctx_key[2])
         if not sizes:
@@ -115,7 +110,7 @@ class ContextRegistry:
             ctx_key, ctx = next(iter(self._contexts.items()))
             if ctx.last_used > deadline:
                 return
-            self._count("idle_ttl", len(ctx.held), evicted)
+            self._count("idle_ttl", len(ctx.table), evicted)
             self._drop_context(ctx_key)
 
     def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
@@ -128,18 +123,18 @@ class ContextRegistry:
         slot = self._slot_of.get(endpoint)
         if slot is None:
             return 0
-        return sum(self._contexts[k].counts.get(slot, 0) for k in self._in.get(slot, ()))
+        return sum(self._contexts[k].table.count(slot) for k in self._in.get(slot, ()))
 
     def stats(self) -> IndexStats:
         """Sizes over every context."""
-        n_keys = sum(len(c.held) for c in self._contexts.values())
-        hashes = sum(sum(c.engine_live.values()) for c in self._contexts.values())
+        contexts = self._contexts.values()
+        sizes = [c.table.sizes() for c in contexts]
         return IndexStats(
             endpoints=len(self._slot_of),
             contexts=len(self._contexts),
-            keys=n_keys,
-            entries=sum(c.entries() for c in self._contexts.values()),
-            engine_hashes=hashes,
-            bytes_estimate=n_keys * _BYTES_PER_KEY + hashes * _BYTES_PER_ENGINE_HASH,
+            keys=sum(len(c.table) for c in contexts),
+            entries=sum(entries for entries, _, _, _ in sizes),
+            engine_hashes=sum(mapped for _, mapped, _, _ in sizes),
+            bytes_estimate=sum(c.nbytes() for c in contexts),
             blocks={endpoint: self.blocks_held(endpoint) for endpoint in self._slot_of},
         )

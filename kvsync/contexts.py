@@ -1,92 +1,136 @@
 """One context of the prefix index: the writes it takes (store, remove, clear, evict). Pure.
 
 Not thread-safe: owned by ``kvsync.index.PrefixIndex``, whose callers hold one lock. Raises
-nothing: every input is a key, a slot or an engine hash the index already validated.
+nothing for keys, slots and engine hashes the index validated (``ValueError`` from the token
+conversion for token ids outside [0, 2^32), which the decoder rejects first).
 
-``Context`` applies one endpoint slot's stores and removals to the tables it inherits from
-``kvsync.context_tables.ContextTables`` (the packed per-key layout, the engine-hash maps and
-the primitives that keep them consistent are described there), and evicts the least recently
-stored leaf keys when the context is over capacity.
+Layout, chosen on measurements (BENCHMARKS.md, ``## Index``): the bulk lives in C
+(``kvsync._native.KeyTable``, sources in ``kvsync/csrc/``), one flat table per context:
+
+* per key: its parent key, how many present keys name it as their parent, its place in the
+  store recency order and a bit mask of the endpoint slots holding *any* copy of the block;
+* per slot: engine hash -> key (to resolve a BlockStored parent and a BlockRemoved) and how
+  many keys it holds.
+
+Capacity eviction takes the least recently stored *leaves* only: a descendant of an evicted key
+can never match again, so evicting an inner key would strand memory. Within a chain an ancestor
+is always more recent than its descendants (a store moves its keys to the recent end, deepest
+first). A child stored while its parent was absent is not counted (the parent, stored later, may
+then be evicted first; its children are leaves and follow). Engine entries whose key capacity
+eviction removed ("dangling", still correct: the key is what the tokens say) are swept once they
+outnumber the keys.
+
+``copies`` stays in Python: it exists only for keys with a copy other than (GPU, group 0) — the
+full breakdown (medium, group) -> slot mask — which vLLM's GPU-only pools never send. A context
+without any takes the C paths whole; one with some pays per-key Python work.
 """
 
-from itertools import islice
+from collections.abc import Iterable, Sequence
+from typing import Final
 
-from kvsync.context_tables import (
-    CHILD,
-    CHILDREN,
-    HOLDERS,
-    PARENT,
-    PLAIN,
-    ContextTables,
-    Copy,
-    slots_of,
-    u64_map,
-)
+import msgspec
+import xxhash
+
+from kvsync import _native, keys
+from kvsync.model import GPU, EngineHash
+
+Copy = tuple[str, int]  # (medium, group_idx) of one copy of a block on one endpoint
+PLAIN: Final[Copy] = (GPU, 0)
+_BYTES_PER_COPY: Final = 400  # a breakdown dict with its tuples and ints; an estimate only
 
 
-class Context(ContextTables):
+def u64(engine_hash: EngineHash) -> int:
+    """Engine hashes as uint64 map keys: 32-byte hashes (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``)
+    are hashed down to 64 bits; a collision inside one endpoint's cache is ~2^-64 likely."""
+    if isinstance(engine_hash, int):
+        return engine_hash
+    return xxhash.xxh3_64_intdigest(engine_hash)
+
+
+def u64s(engine_hashes: list[EngineHash]) -> list[int]:
+    """``u64`` of each; a decoded list holds one type (a mixed list fails decoding)."""
+    if engine_hashes and type(engine_hashes[0]) is int and type(engine_hashes[-1]) is int:
+        return engine_hashes  # type: ignore[return-value]  # ints: one type per list
+    return [u64(h) for h in engine_hashes]
+
+
+def slots_of(mask: int) -> Iterable[int]:
+    """The slot numbers whose bit is set in ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+class Context:
     """The blocks of one (model, adapter, block size) and who holds them."""
 
-    __slots__ = ()
+    __slots__ = ("block_size", "copies", "last_used", "table")
 
-    def store(self, slot: int, parent: int, hashes: list[int], keys: list[int], copy: Copy) -> int:
-        """Record that ``slot`` holds ``copy`` of each block; returns blocks newly held."""
+    def __init__(self, block_size: int, now: float) -> None:
+        self.block_size = block_size
+        self.table = _native.KeyTable(block_size)
+        self.copies: dict[int, dict[Copy, int]] = {}
+        self.last_used = now
+
+    def resolve(self, slot: int, engine_hash: int) -> int | None:
+        """The key of ``engine_hash`` as this endpoint stored it here, if known."""
+        return self.table.resolve(slot, engine_hash)
+
+    def holders(self, key: int) -> int:
+        """Slot mask of the endpoints holding ``key`` in any copy."""
+        return self.table.holders(key)
+
+    def is_empty(self) -> bool:
+        """No key held and no engine hash mapped."""
+        return not len(self.table) and not self.table.sizes()[1]
+
+    def store(
+        self,
+        slot: int,
+        parent: int,
+        hashes: list[int],
+        token_ids: Sequence[int] | msgspec.Raw,
+        *,
+        extras: list[bytes | None] | None,
+        copy: Copy,
+    ) -> int:
+        """Record that ``slot`` holds ``copy`` of each block of the chain ``token_ids`` (ints or
+        a msgpack array) continues after ``parent``; returns blocks newly held."""
+        if copy == PLAIN and not self.copies:  # the common case: all in C
+            return self.table.store(slot, parent, hashes, token_ids, extras)
+        chain = keys.chain(parent, token_ids, self.block_size, extras)
+        return self.store_keys(slot, parent, hashes, chain, copy)
+
+    def store_keys(
+        self, slot: int, parent: int, hashes: list[int], chain: list[int], copy: Copy
+    ) -> int:
+        """``store`` with the chain's keys computed; keeps ``copies`` right."""
+        table, copies = self.table, self.copies
         bit = 1 << slot
-        packed_bit = bit << HOLDERS
-        held, copies = self.held, self.copies
-        engine = self.engine.get(slot)
-        if engine is None:
-            engine = self.engine[slot] = u64_map()
+        for engine_hash, key in zip(hashes, chain, strict=True):
+            previous = table.resolve(slot, engine_hash)
+            if previous is not None and previous != key and previous in copies:
+                self._strip(previous, bit)  # the engine reused a hash for other tokens
         plain = copy == PLAIN
-        new = mapped = 0
-        last = len(keys) - 1
-        child_new = False  # whether the block after this one is a new key
-        for i in range(last, -1, -1):  # deepest first: see kvsync.context_tables
-            key = keys[i]
-            engine_hash = hashes[i]
-            previous = engine[engine_hash]
-            if previous != key:
-                if previous is None:
-                    mapped += 1
-                else:  # the engine reused a hash for other tokens
-                    self._forget(slot, previous)
-                engine[engine_hash] = key
-            # a new key's next block in this event is its child; setdefault inserts it at once
-            fresh = packed_bit | (CHILD if i < last else 0) | (keys[i - 1] if i else parent)
-            value = held.setdefault(key, fresh)
-            if value is fresh:
-                new += 1
-                mask = 0
-            else:  # move to the recent end
-                del held[key]
-                held[key] = (value | packed_bit) + (CHILD if child_new else 0)
-                mask = value >> HOLDERS
-                if not mask & bit:
-                    new += 1
-            child_new = value is fresh
-            if not plain or (copies and key in copies):
+        before = [table.holders(key) for key in chain]
+        new = table.store_keys(slot, parent, hashes, chain)
+        for key, mask in zip(chain, before, strict=True):
+            if not plain or key in copies:
                 detail = copies.get(key)
                 if detail is None:
                     detail = copies[key] = {PLAIN: mask} if mask else {}
                 detail[copy] = detail.get(copy, 0) | bit
-        if child_new and parent in held:
-            held[parent] += CHILD
-        if new:
-            self.counts[slot] = self.counts.get(slot, 0) + new
-        if mapped:
-            self.engine_live[slot] = self.engine_live.get(slot, 0) + mapped
         return new
 
     def remove(self, slot: int, engine_hash: int, key: int, copy: Copy) -> bool:
         """Drop ``slot``'s ``copy`` of a block; True when the slot no longer holds it at all."""
+        table = self.table
         bit = 1 << slot
-        packed_bit = bit << HOLDERS
-        held = self.held
-        value = held.get(key, 0)
-        if not value & packed_bit:
-            self._unmap(slot, engine_hash)  # a dangling entry: the key was evicted
+        if not table.holders(key) & bit:
+            table.unmap(slot, engine_hash)  # a dangling entry: the key was evicted
             return False
-        detail = self.copies.get(key) if self.copies else None
+        detail = self.copies.get(key)
         if detail is None:
             if copy != PLAIN:
                 return False
@@ -103,100 +147,51 @@ class Context(ContextTables):
                 del self.copies[key]  # back to the plain layout: holders == the plain mask
             if still:
                 return False
-        self._unmap(slot, engine_hash)
-        self.counts[slot] -= 1
-        value ^= packed_bit
-        if value >> HOLDERS:
-            held[key] = value
-        else:
-            self._delete(key, value)
-        return True
+        table.unmap(slot, engine_hash)
+        return table.release(slot, key)
 
     def remove_plain(self, slot: int, engine_hashes: list[int]) -> tuple[int, list[int]]:
-        """``remove`` of the plain copy of each block ``slot`` maps here, in order, for a context
-        where no block has a breakdown (``copies`` empty); returns (blocks the slot no longer
-        holds, the hashes it does not map here). The common removal (vLLM's GPU pool, one
-        BlockRemoved per evicted hash) inlined: no call per hash."""
-        engine = self.engine.get(slot)
-        if engine is None:
-            return 0, engine_hashes
-        held = self.held
-        packed_bit = 1 << (slot + HOLDERS)
-        removed = unmapped = 0
-        missing: list[int] = []
-        for engine_hash in engine_hashes:
-            key = engine.pop(engine_hash)
-            if key is None:
-                missing.append(engine_hash)
-                continue
-            unmapped += 1  # dangling (capacity-evicted key) or held: the mapping goes either way
-            value = held.get(key, 0)
-            if not value & packed_bit:
-                continue
-            removed += 1
-            value ^= packed_bit
-            if value >> HOLDERS:
-                held[key] = value
-                continue
-            del held[key]  # _delete without copies, inlined
-            parent = value & PARENT
-            up = held.get(parent)
-            if up is not None and up & CHILDREN:
-                held[parent] = up - CHILD
-        if removed:
-            self.counts[slot] -= removed
-        if unmapped:
-            self._unmapped(slot, unmapped)
-        return removed, missing
+        """``remove`` of the plain copy of each block ``slot`` maps here, for a context where no
+        block has a breakdown (``copies`` empty); returns (blocks the slot no longer holds, the
+        hashes it does not map here). vLLM's GPU pool sends one BlockRemoved per evicted hash:
+        the most common write, done in one C call."""
+        return self.table.remove_plain(slot, engine_hashes)
 
     def clear_slot(self, slot: int) -> int:
         """Drop every copy ``slot`` holds here; returns how many blocks it held."""
-        hashes = self.engine.pop(slot, None)
-        self.engine_live.pop(slot, None)
-        held = self.counts.pop(slot, 0)
-        if hashes is None:
-            return held
-        for key in set(hashes.values()):
-            self._strip(key, slot)
-        self.dangling = max(0, self.dangling - len(hashes))
+        held = self.table.clear_slot(slot)
+        if self.copies:
+            bit = 1 << slot
+            for key in list(self.copies):
+                self._strip(key, bit)
         return held
 
     def evict_lru(self, target: int) -> int:
         """Evict least recently stored leaf keys until at most ``target`` remain; returns how
-        many. An inner key met on the way moves to the recent end: its subtree was used at
-        least as recently as itself (its descendants arrived through a later parent link)."""
-        held = self.held
-        evicted = spared = 0
-        while len(held) > target:
-            for key in list(islice(held, len(held) - target)):
-                value = held[key]
-                # spared > len(held): every key was an ancestor, which only a 64-bit key
-                # collision (a cycle) can cause; evict anyway rather than spin
-                if value & CHILDREN and spared <= len(held):
-                    held[key] = held.pop(key)
-                    spared += 1
-                    continue
-                for slot in slots_of(value >> HOLDERS):
-                    self.counts[slot] -= 1
-                    self.dangling += 1
-                self._delete(key, value)
-                evicted += 1
-                spared = 0
-        if self.dangling > len(held):
-            self._sweep()
+        many (an inner key met on the way moves to the recent end: its subtree was used at
+        least as recently as itself)."""
+        evicted = self.table.evict(target)
+        if evicted and self.copies:
+            for key in [k for k in self.copies if k not in self.table]:
+                del self.copies[key]
         return evicted
 
-    def _sweep(self) -> None:
-        """Drop engine entries whose key was evicted (amortised: runs when they outnumber keys)."""
-        held = self.held
-        for slot, hashes in self.engine.items():
-            packed_bit = 1 << (slot + HOLDERS)
-            kept = u64_map()
-            live = 0
-            for engine_hash, key in hashes.items():
-                if held.get(key, 0) & packed_bit:
-                    kept[engine_hash] = key
-                    live += 1
-            self.engine[slot] = kept
-            self.engine_live[slot] = live
-        self.dangling = 0
+    def entries(self) -> int:
+        """(block, endpoint) pairs held here."""
+        return self.table.sizes()[0]
+
+    def nbytes(self) -> int:
+        """Memory held by this context's tables (the C tables exactly, breakdowns estimated)."""
+        return self.table.sizes()[2] + len(self.copies) * _BYTES_PER_COPY
+
+    def _strip(self, key: int, bit: int) -> None:
+        """Drop ``bit`` from ``key``'s breakdown; the breakdown goes when only the plain copy
+        is left, or when the key itself is gone."""
+        detail = self.copies[key]
+        for copy in [c for c, m in detail.items() if m & bit]:
+            if detail[copy] == bit:
+                del detail[copy]
+            else:
+                detail[copy] ^= bit
+        if not detail or (len(detail) == 1 and PLAIN in detail) or key not in self.table:
+            del self.copies[key]

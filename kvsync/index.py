@@ -29,7 +29,7 @@ eviction, ``drop_endpoint``, ``expire``, sizes) are the base class,
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from kvsync import context_tables, keys, lookup
+from kvsync import contexts, keys, lookup
 from kvsync.answers import (
     ApplyOutcome,
     EndpointContext,
@@ -40,7 +40,7 @@ from kvsync.answers import (
     Query,
 )
 from kvsync.context_registry import Adapter, ContextRegistry
-from kvsync.context_tables import PLAIN, Copy
+from kvsync.contexts import PLAIN, Copy
 from kvsync.model import (
     GPU,
     AllBlocksCleared,
@@ -116,7 +116,7 @@ class PrefixIndex(ContextRegistry):
                         self._removed(slot, run, run_copy, now, out)
                         run = []
                     run_copy = copy
-                run += context_tables.u64s(event.block_hashes)
+                run += contexts.u64s(event.block_hashes)
                 continue
             if run:
                 self._removed(slot, run, run_copy, now, out)
@@ -148,7 +148,7 @@ class PrefixIndex(ContextRegistry):
         ctx = self._contexts.get(ctx_key)
         parent = keys.ROOT
         if event.parent_block_hash is not None:
-            parent_hash = context_tables.u64(event.parent_block_hash)
+            parent_hash = contexts.u64(event.parent_block_hash)
             found = None if ctx is None else ctx.resolve(slot, parent_hash)
             if found is None:
                 out.rejected[UNKNOWN_PARENT] = out.rejected.get(UNKNOWN_PARENT, 0) + 1
@@ -163,16 +163,14 @@ class PrefixIndex(ContextRegistry):
         extras = None
         if event.extra_keys is not None and any(event.extra_keys):
             extras = [keys.normalise_extras(e, event.lora_name) for e in event.extra_keys]
-        chain = keys.chain(
-            parent, keys.token_view(event.token_ids), event.block_size, n_blocks, extras
-        )
         copy = (event.medium or GPU, event.group_idx or 0)
+        hashes = contexts.u64s(event.block_hashes)
         out.stored_blocks += ctx.store(
-            slot, parent, context_tables.u64s(event.block_hashes), chain, copy
+            slot, parent, hashes, event.token_ids, extras=extras, copy=copy
         )
         self._in.setdefault(slot, set()).add(ctx_key)
         limit = self.limits.max_keys_per_context
-        if len(ctx.held) > limit:
+        if len(ctx.table) > limit:
             evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK))
             self._count("max_keys", evicted, out.evicted)
 
@@ -192,7 +190,7 @@ class PrefixIndex(ContextRegistry):
             return
         for engine_hash in engine_hashes:
             for ctx_key, ctx in mine:
-                key = ctx.engine[slot][engine_hash]
+                key = ctx.resolve(slot, engine_hash)
                 if key is not None:
                     out.removed_blocks += ctx.remove(slot, engine_hash, key, copy)
                     by_key.move_to_end(ctx_key)

@@ -1,12 +1,12 @@
 """The longest-prefix walk over one context, and the per-endpoint score. Pure.
 
 Called by ``kvsync.index.PrefixIndex.match`` under the callers' lock; reads the context only.
-Raises nothing for valid token ids (``OverflowError`` from ``kvsync.keys`` otherwise).
+Raises nothing for valid token ids (``OverflowError`` from the C walk otherwise).
 
-The walk hashes the query block by block as it goes (``keys.query_keys``: a lookup that stops
-early never hashes the rest of a long prompt) and ANDs each
-block's holder mask into the set of endpoints still matching; an endpoint's run ends at the
-first block it does not hold, even if another endpoint holds it. Most blocks have only the plain
+The walk (in C: ``kvsync._native.KeyTable.walk``) hashes the query block by block as it goes
+(a lookup that stops early never hashes the rest of a long prompt) and ANDs each block's holder
+mask into the set of endpoints still matching; an endpoint's run ends at the first block it does
+not hold, even if another endpoint holds it. Most blocks have only the plain
 copy (GPU, group 0), so the walk notes just the few blocks with other copies, and scoring is
 one multiplication per endpoint unless its run covers one of those.
 """
@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from kvsync import keys
-from kvsync.context_tables import HOLDERS, Copy, slots_of
-from kvsync.contexts import Context
+from kvsync.contexts import Context, Copy
 from kvsync.model import GPU
 
 OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium the weights do not name (STORAGE, DISK, ...)
@@ -31,28 +30,12 @@ def walk(
 ) -> tuple[dict[int, int], OddBlocks]:
     """Per slot in ``allowed`` (a mask), how many leading query blocks it holds; and the odd
     blocks among those matched."""
-    held_get = ctx.held.get
+    salt = None if cache_salt is None else keys.salt_extra(cache_salt)
     copies = ctx.copies
-    alive = allowed << HOLDERS  # packed values keep holders from bit 96 up
-    runs: dict[int, int] = {}
-    odd: OddBlocks = []
-    position = 0
-    if not alive:
-        return runs, odd
-    for key in keys.query_keys(token_ids, ctx.block_size, cache_salt):
-        now_alive = held_get(key, 0) & alive
-        if now_alive != alive:
-            for slot in slots_of((alive & ~now_alive) >> HOLDERS):
-                runs[slot] = position
-            alive = now_alive
-            if not alive:
-                break
-        if copies and key in copies:
-            odd.append((position, copies[key]))
-        position += 1
-    for slot in slots_of(alive >> HOLDERS):
-        runs[slot] = position
-    return runs, odd
+    runs, matched = ctx.table.walk(token_ids, salt, allowed, bool(copies))
+    if not matched:
+        return runs, []
+    return runs, [(position, copies[key]) for position, key in enumerate(matched) if key in copies]
 
 
 def score(

@@ -20,6 +20,7 @@ from kvsync.model import (
     EndpointId,
     EngineHash,
     Event,
+    encode_tokens,
 )
 
 A = EndpointId("default/pod-a", 0)
@@ -38,7 +39,9 @@ def stored(
     hashes: list[int], blocks: list[int], parent: int | None = None, **kw: Any
 ) -> BlockStored:
     engine_hashes: list[EngineHash] = list(hashes)
-    return BlockStored(engine_hashes, parent, toks(*blocks), kw.pop("block_size", BS), **kw)
+    return BlockStored(
+        engine_hashes, parent, encode_tokens(toks(*blocks)), kw.pop("block_size", BS), **kw
+    )
 
 
 def removed(hashes: list[int], **kw: Any) -> BlockRemoved:
@@ -334,7 +337,7 @@ def test_matches_sort_by_score_then_blocks_then_pod_and_rank() -> None:
 def test_several_block_sizes_answer_for_each_and_keep_each_endpoints_best() -> None:
     index = PrefixIndex()
     apply(index, A, stored([10, 11], [0, 1]))  # block size 4: 8 tokens
-    apply(index, B, BlockStored([20], None, toks(0, 1), 8))  # block size 8: 8 tokens
+    apply(index, B, BlockStored([20], None, encode_tokens(toks(0, 1)), 8))  # block size 8: 8 tokens
     apply(index, B, stored([21], [0]))  # and 4 tokens at block size 4
     result = index.match(Query("llama", toks(0, 1, 2)), 0.0)
     tokens = {m.endpoint: m.matched_tokens for m in result.matches}

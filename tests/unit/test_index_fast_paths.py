@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsync.index import ApplyOutcome, EndpointContext, Limits, PrefixIndex, Query
-from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash, Event
+from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash, Event, encode_tokens
 
 A = EndpointId("default/pod-a", 0)
 B = EndpointId("default/pod-b", 0)
@@ -34,12 +34,14 @@ def seeded(cpu: bool = True) -> PrefixIndex:
     Without a CPU copy no block has a breakdown, and removals take ``remove_plain``'s loop."""
     index = PrefixIndex()
     for chain in range(CHAINS):
-        event = BlockStored(chain_hashes(chain), None, chain_tokens(chain), BS)
+        event = BlockStored(chain_hashes(chain), None, encode_tokens(chain_tokens(chain)), BS)
         index.apply(A, LLAMA, [event], 0.0)
     if cpu:
-        event = BlockStored(chain_hashes(0), None, chain_tokens(0), BS, medium="CPU")
+        event = BlockStored(chain_hashes(0), None, encode_tokens(chain_tokens(0)), BS, medium="CPU")
         index.apply(A, LLAMA, [event], 0.0)
-    index.apply(B, LLAMA, [BlockStored(chain_hashes(0), None, chain_tokens(0), BS)], 0.0)
+    index.apply(
+        B, LLAMA, [BlockStored(chain_hashes(0), None, encode_tokens(chain_tokens(0)), BS)], 0.0
+    )
     return index
 
 
@@ -78,11 +80,11 @@ def test_a_batch_of_removals_equals_the_general_path_one_removal_per_batch(
         BlockRemoved([chain * 100 + block], medium=medium) for chain, block, medium in removals
     ]
     if with_store:  # a BlockStored in the middle ends a run
-        chain3 = BlockStored([900, 901], None, chain_tokens(9, 2), BS)
+        chain3 = BlockStored([900, 901], None, encode_tokens(chain_tokens(9, 2)), BS)
         events.insert(len(events) // 2, chain3)
     # A second context on A sends the reference down the general path (a context lookup and a
     # Context.remove call per hash); the batched index gets it only after its removals.
-    adapter = BlockStored([7], None, chain_tokens(7, 1), BS, lora_name="x")
+    adapter = BlockStored([7], None, encode_tokens(chain_tokens(7, 1)), BS, lora_name="x")
     batched, one_by_one = seeded(cpu), seeded(cpu)
     one_by_one.apply(A, LLAMA, [adapter], 0.0)
     together = [batched.apply(A, LLAMA, events, 0.0)]
@@ -113,8 +115,8 @@ def test_a_removal_run_keeps_a_block_held_in_another_medium() -> None:
 
 def test_removing_a_capacity_evicted_block_is_neither_removed_nor_unknown() -> None:
     index = PrefixIndex(Limits(max_keys_per_context=10))
-    first = BlockStored(chain_hashes(0), None, chain_tokens(0), BS)
-    second = BlockStored(chain_hashes(1), None, chain_tokens(1), BS)
+    first = BlockStored(chain_hashes(0), None, encode_tokens(chain_tokens(0)), BS)
+    second = BlockStored(chain_hashes(1), None, encode_tokens(chain_tokens(1)), BS)
     index.apply(A, LLAMA, [first, second], 0.0)
     assert index.evictions == {"max_keys": 3}  # 12 keys, down to 97 % of 10
     before = index.stats().engine_hashes

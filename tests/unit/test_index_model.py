@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvsync.index import DEFAULT_MEDIUM_WEIGHTS, EndpointContext, PrefixIndex, Query
-from kvsync.model import AllBlocksCleared, BlockRemoved, BlockStored, EndpointId, EngineHash
+from kvsync.model import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EndpointId,
+    EngineHash,
+    encode_tokens,
+)
 
 BS = 2
 ENDPOINTS = [EndpointId("ns/pod-0", 0), EndpointId("ns/pod-0", 1), EndpointId("ns/pod-1", 0)]
@@ -85,7 +92,7 @@ class IndexMachine(RuleBasedStateMachine):
         event = BlockStored(
             hashes,
             parent_hash,
-            tokens(tuple(blocks)),
+            encode_tokens(tokens(tuple(blocks))),
             BS,
             lora_name=adapter,
             medium=medium,

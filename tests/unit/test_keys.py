@@ -3,11 +3,12 @@
 from array import array
 
 import msgspec
+import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsync import keys
+from kvsync import _native, keys
 
 tokens_strategy = st.lists(st.integers(0, 2**32 - 1), max_size=200)
 
@@ -25,15 +26,32 @@ def reference(token_ids: list[int], block_size: int, extras: list[bytes | None])
 
 
 def all_query_keys(token_ids: list[int], block_size: int, salt: str | None = None) -> list[int]:
-    return [k for chunk in keys.query_chunks(token_ids, block_size, salt, chunk=3) for k in chunk]
+    return keys.query_keys(token_ids, block_size, salt)
 
 
 @settings(max_examples=200, deadline=None)
 @given(token_ids=tokens_strategy, block_size=st.integers(1, 17))
-def test_query_keys_follow_the_formula_across_chunk_boundaries(
-    token_ids: list[int], block_size: int
-) -> None:
+def test_query_keys_follow_the_formula(token_ids: list[int], block_size: int) -> None:
     assert all_query_keys(token_ids, block_size) == reference(token_ids, block_size, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    token_ids=tokens_strategy,
+    block_size=st.integers(1, 17),
+    extras=st.lists(st.none() | st.binary(max_size=3000), max_size=60),
+)
+def test_msgpack_ints_and_extras_give_the_formula(
+    token_ids: list[int], block_size: int, extras: list[bytes | None]
+) -> None:
+    """The C chain from a msgpack array (an event's token ids) or from ints, with extra keys
+    of any length (past the C scratch buffer too), is the documented formula."""
+    n_blocks = len(token_ids) // block_size
+    per_block = (extras + [None] * n_blocks)[:n_blocks]
+    expected = reference(token_ids, block_size, per_block)
+    raw = msgspec.Raw(msgspec.msgpack.encode(token_ids))
+    assert keys.chain(keys.ROOT, raw, block_size, per_block) == expected
+    assert keys.chain(keys.ROOT, token_ids, block_size, per_block) == expected
 
 
 @settings(max_examples=100, deadline=None)
@@ -42,18 +60,17 @@ def test_chain_split_through_a_parent_equals_one_event(token_ids: list[int], cut
     block_size = 4
     n = len(token_ids) // block_size
     cut = min(cut, n)
-    view = keys.token_view(token_ids)
-    whole = keys.chain(keys.ROOT, view, block_size, n)
-    head = keys.chain(keys.ROOT, view, block_size, cut)
-    tail_view = keys.token_view(token_ids[cut * block_size :])
-    tail = keys.chain(head[-1] if head else keys.ROOT, tail_view, block_size, n - cut)
+    whole = keys.chain(keys.ROOT, token_ids[: n * block_size], block_size)
+    head = keys.chain(keys.ROOT, token_ids[: cut * block_size], block_size)
+    tail_ids = token_ids[cut * block_size : n * block_size]
+    tail = keys.chain(head[-1] if head else keys.ROOT, tail_ids, block_size)
     assert head + tail == whole
 
 
 def test_every_token_and_the_whole_prefix_change_the_key() -> None:
-    base = keys.chain(keys.ROOT, keys.token_view(list(range(12))), 4, 3)
-    changed_first = keys.chain(keys.ROOT, keys.token_view([99, *range(1, 12)]), 4, 3)
-    changed_last = keys.chain(keys.ROOT, keys.token_view([*range(11), 99]), 4, 3)
+    base = keys.chain(keys.ROOT, list(range(12)), 4)
+    changed_first = keys.chain(keys.ROOT, [99, *range(1, 12)], 4)
+    changed_last = keys.chain(keys.ROOT, [*range(11), 99], 4)
     assert all(a != b for a, b in zip(base, changed_first, strict=True))  # prefix carries on
     assert base[:2] == changed_last[:2]
     assert base[2] != changed_last[2]
@@ -62,9 +79,7 @@ def test_every_token_and_the_whole_prefix_change_the_key() -> None:
 
 def test_array_input_gives_the_same_keys_as_a_list() -> None:
     ids = list(range(1000, 1064))
-    assert all_query_keys(ids, 16) == [
-        k for chunk in keys.query_chunks(array("I", ids), 16) for k in chunk
-    ]
+    assert all_query_keys(ids, 16) == keys.query_keys(array("I", ids), 16)
 
 
 def test_lora_name_is_dropped_from_extra_keys() -> None:
@@ -79,13 +94,7 @@ def test_lora_name_is_dropped_from_extra_keys() -> None:
 
 def test_query_salt_equals_a_published_salted_first_block() -> None:
     ids = list(range(40))
-    salted = keys.chain(
-        keys.ROOT,
-        keys.token_view(ids),
-        4,
-        10,
-        [keys.normalise_extras(["salt-42"], None)] + [None] * 9,
-    )
+    salted = keys.chain(keys.ROOT, ids, 4, [keys.normalise_extras(["salt-42"], None)] + [None] * 9)
     assert all_query_keys(ids, 4, "salt-42") == salted
     assert all_query_keys(ids, 4) != salted
     assert all_query_keys(ids, 4, "salt-43")[0] != salted[0]
@@ -94,10 +103,8 @@ def test_query_salt_equals_a_published_salted_first_block() -> None:
 
 def test_extra_keys_are_kept_apart_from_tokens() -> None:
     ids = list(range(8))
-    plain = keys.chain(keys.ROOT, keys.token_view(ids), 4, 2)
-    mm = keys.chain(
-        keys.ROOT, keys.token_view(ids), 4, 2, [keys.normalise_extras([["mm", 0]], None), None]
-    )
+    plain = keys.chain(keys.ROOT, ids, 4)
+    mm = keys.chain(keys.ROOT, ids, 4, [keys.normalise_extras([["mm", 0]], None), None])
     assert plain[0] != mm[0]
     assert plain[1] != mm[1]
 
@@ -107,16 +114,38 @@ def test_a_query_shorter_than_a_block_has_no_keys() -> None:
     assert all_query_keys([], 4, "salt") == []
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     token_ids=tokens_strategy,
     block_size=st.integers(1, 9),
-    convert=st.integers(1, 5),
     salt=st.none() | st.text(max_size=4),
+    held=st.integers(0, 60),
 )
-def test_lazy_query_keys_follow_the_formula_across_conversion_chunks(
-    token_ids: list[int], block_size: int, convert: int, salt: str | None
+def test_the_c_walk_finds_exactly_the_stored_prefix(
+    token_ids: list[int], block_size: int, salt: str | None, held: int
 ) -> None:
-    extras: list[bytes | None] = [] if salt is None else [keys.salt_extra(salt)]
-    lazy = list(keys.query_keys(token_ids, block_size, salt, convert=convert))
-    assert lazy == reference(token_ids, block_size, extras)
+    """What ``KeyTable.walk`` hashes as it goes equals the formula: an endpoint that stored the
+    first ``held`` blocks of the (salted) query matches exactly those, across the walk's
+    64-block conversion chunks."""
+    query = keys.query_keys(token_ids, block_size, salt)
+    assert query == reference(
+        token_ids, block_size, [] if salt is None else [keys.salt_extra(salt)]
+    )
+    held = min(held, len(query))
+    table = _native.KeyTable(block_size)
+    if held:
+        table.store_keys(5, keys.ROOT, list(range(held)), query[:held])
+    salt_bytes = None if salt is None else keys.salt_extra(salt)
+    runs, matched = table.walk(token_ids, salt_bytes, 1 << 5, True)
+    assert runs == ({5: held} if held else {})
+    assert matched == query[:held]
+
+
+def test_out_of_range_token_ids_raise() -> None:
+    for bad in ([-1], [2**32]):
+        with pytest.raises(OverflowError):
+            keys.chain(keys.ROOT, bad, 1)
+        with pytest.raises(ValueError, match=r"^tokens: "):
+            keys.chain(keys.ROOT, msgspec.Raw(msgspec.msgpack.encode(bad)), 1)
+    with pytest.raises(ValueError, match=r"^tokens: "):
+        keys.chain(keys.ROOT, msgspec.Raw(msgspec.msgpack.encode(["x"])), 1)

@@ -1,0 +1,308 @@
+/* One index context's tables: see keytable.h; the semantics are kvsync/contexts.py's. */
+#include "keytable.h"
+
+#define GOLDEN 0x9E3779B97F4A7C15ULL
+#define MIN_BUCKET_BITS 4
+
+static inline uint32_t home(uint64_t key, uint32_t bits) {
+    return (uint32_t)((key * GOLDEN) >> (64 - bits));
+}
+
+uint32_t kt_find(const KvTable *t, uint64_t key) {
+    if (t->buckets == NULL) return NIL;
+    uint32_t mask = (1u << t->bucket_bits) - 1;
+    for (uint32_t i = home(key, t->bucket_bits);; i = (i + 1) & mask) {
+        uint32_t b = t->buckets[i];
+        if (b == 0) return NIL;
+        if (t->entries[b - 1].key == key) return b - 1;
+    }
+}
+
+static void place(uint32_t *buckets, uint32_t bits, uint64_t key, uint32_t idx) {
+    uint32_t mask = (1u << bits) - 1;
+    uint32_t i = home(key, bits);
+    while (buckets[i] != 0) i = (i + 1) & mask;
+    buckets[i] = idx + 1;
+}
+
+static int rebucket(KvTable *t, uint32_t bits) {
+    uint32_t *buckets = PyMem_Calloc((size_t)1 << bits, sizeof(uint32_t));
+    if (buckets == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint32_t idx = t->oldest; idx != NIL; idx = t->entries[idx].newer) {
+        place(buckets, bits, t->entries[idx].key, idx);
+    }
+    PyMem_Free(t->buckets);
+    t->buckets = buckets;
+    t->bucket_bits = bits;
+    return 0;
+}
+
+static void unbucket(KvTable *t, uint64_t key) {
+    uint32_t mask = (1u << t->bucket_bits) - 1;
+    uint32_t i = home(key, t->bucket_bits);
+    while (t->entries[t->buckets[i] - 1].key != key) i = (i + 1) & mask;
+    for (uint32_t j = (i + 1) & mask; t->buckets[j] != 0; j = (j + 1) & mask) {
+        uint32_t h = home(t->entries[t->buckets[j] - 1].key, t->bucket_bits);
+        if ((j > i && (h <= i || h > j)) || (j < i && (h <= i && h > j))) {
+            t->buckets[i] = t->buckets[j];
+            i = j;
+        }
+    }
+    t->buckets[i] = 0;
+}
+
+static void unlink_entry(KvTable *t, uint32_t idx) {
+    KvEntry *e = &t->entries[idx];
+    if (e->older != NIL) t->entries[e->older].newer = e->newer;
+    else t->oldest = e->newer;
+    if (e->newer != NIL) t->entries[e->newer].older = e->older;
+    else t->newest = e->older;
+}
+
+static void append_entry(KvTable *t, uint32_t idx) {
+    KvEntry *e = &t->entries[idx];
+    e->older = t->newest;
+    e->newer = NIL;
+    if (t->newest != NIL) t->entries[t->newest].newer = idx;
+    else t->oldest = idx;
+    t->newest = idx;
+}
+
+static inline void touch(KvTable *t, uint32_t idx) {
+    if (t->newest != idx) {
+        unlink_entry(t, idx);
+        append_entry(t, idx);
+    }
+}
+
+static int grow_entries(KvTable *t) {
+    uint32_t capacity = t->capacity ? t->capacity * 2 : 64;
+    KvEntry *entries = PyMem_Realloc(t->entries, (size_t)capacity * sizeof(KvEntry));
+    if (entries == NULL) goto no_memory;
+    t->entries = entries;
+    uint64_t *masks = PyMem_Realloc(t->masks, (size_t)capacity * t->words * sizeof(uint64_t));
+    if (masks == NULL) goto no_memory;
+    t->masks = masks;
+    t->capacity = capacity;
+    return 0;
+no_memory:
+    PyErr_NoMemory();
+    return -1;
+}
+
+static uint32_t new_entry(KvTable *t, uint64_t key, uint64_t parent, uint32_t children,
+                          uint32_t slot) {
+    if ((uint64_t)(t->n_keys + 1) * 2 > ((uint64_t)1 << t->bucket_bits) || t->buckets == NULL) {
+        uint32_t bits = t->buckets == NULL ? MIN_BUCKET_BITS : t->bucket_bits + 1;
+        if (rebucket(t, bits) < 0) return NIL;
+    }
+    uint32_t idx;
+    if (t->free_head != NIL) {
+        idx = t->free_head;
+        t->free_head = t->entries[idx].older;
+    } else {
+        if (t->used == t->capacity && grow_entries(t) < 0) return NIL;
+        idx = t->used++;
+    }
+    KvEntry *e = &t->entries[idx];
+    e->key = key;
+    e->parent = parent;
+    e->children = children;
+    uint64_t *mask = &t->masks[(size_t)idx * t->words];
+    memset(mask, 0, t->words * sizeof(uint64_t));
+    mask[slot / 64] = 1ULL << (slot % 64);
+    append_entry(t, idx);
+    place(t->buckets, t->bucket_bits, key, idx);
+    t->n_keys++;
+    return idx;
+}
+
+static void delete_entry(KvTable *t, uint32_t idx) {
+    uint64_t key = t->entries[idx].key, parent = t->entries[idx].parent;
+    unbucket(t, key);
+    unlink_entry(t, idx);
+    t->entries[idx].older = t->free_head;
+    t->free_head = idx;
+    t->n_keys--;
+    uint32_t up = kt_find(t, parent);
+    if (up != NIL && t->entries[up].children) t->entries[up].children--;
+}
+
+static inline int mask_empty(const KvTable *t, uint32_t idx) {
+    const uint64_t *mask = &t->masks[(size_t)idx * t->words];
+    for (uint32_t w = 0; w < t->words; w++) {
+        if (mask[w]) return 0;
+    }
+    return 1;
+}
+
+static int widen(KvTable *t, uint32_t words) {
+    uint64_t *masks = PyMem_Calloc((size_t)(t->capacity ? t->capacity : 1) * words,
+                                   sizeof(uint64_t));
+    if (masks == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint32_t idx = 0; idx < t->used; idx++) {
+        memcpy(&masks[(size_t)idx * words], &t->masks[(size_t)idx * t->words],
+               t->words * sizeof(uint64_t));
+    }
+    PyMem_Free(t->masks);
+    t->masks = masks;
+    t->words = words;
+    return 0;
+}
+
+int kt_ensure_slot(KvTable *t, uint32_t slot) {
+    if (slot / 64 >= t->words && widen(t, slot / 64 + 1) < 0) return -1;
+    if (slot < t->n_slots) return 0;
+    uint32_t n = slot + 1 > t->n_slots * 2 ? slot + 1 : t->n_slots * 2;
+    KvMap *maps = PyMem_Realloc(t->maps, n * sizeof(KvMap));
+    if (maps == NULL) goto no_memory;
+    t->maps = maps;
+    int64_t *counts = PyMem_Realloc(t->counts, n * sizeof(int64_t));
+    if (counts == NULL) goto no_memory;
+    t->counts = counts;
+    memset(&t->maps[t->n_slots], 0, (n - t->n_slots) * sizeof(KvMap));
+    memset(&t->counts[t->n_slots], 0, (n - t->n_slots) * sizeof(int64_t));
+    t->n_slots = n;
+    return 0;
+no_memory:
+    PyErr_NoMemory();
+    return -1;
+}
+
+void kt_release(KvTable *t, uint32_t idx, uint32_t slot) {
+    if (!kt_has(t, idx, slot)) return;
+    t->masks[(size_t)idx * t->words + slot / 64] &= ~(1ULL << (slot % 64));
+    t->counts[slot]--;
+    if (mask_empty(t, idx)) delete_entry(t, idx);
+}
+
+Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *hashes,
+                    const uint64_t *keys, Py_ssize_t n) {
+    if (kt_ensure_slot(t, slot) < 0) return -1;
+    Py_ssize_t fresh_keys = 0;
+    int child_new = 0; /* whether the block after this one is a new key */
+    for (Py_ssize_t i = n - 1; i >= 0; i--) { /* deepest first: see kvsync/contexts.py */
+        uint64_t key = keys[i];
+        uint64_t previous = kv_map_put(&t->maps[slot], hashes[i], key);
+        if (previous == UINT64_MAX) return -1;
+        if (previous != 0 && previous != key) { /* the engine reused a hash for other tokens */
+            uint32_t old = kt_find(t, previous);
+            if (old != NIL) kt_release(t, old, slot);
+        }
+        uint32_t idx = kt_find(t, key);
+        int fresh = idx == NIL;
+        if (fresh) {
+            idx = new_entry(t, key, i ? keys[i - 1] : parent, i < n - 1, slot);
+            if (idx == NIL) return -1;
+            fresh_keys++;
+        } else {
+            touch(t, idx);
+            uint64_t *word = &t->masks[(size_t)idx * t->words + slot / 64];
+            uint64_t bit = 1ULL << (slot % 64);
+            if (!(*word & bit)) {
+                *word |= bit;
+                fresh_keys++;
+            }
+            t->entries[idx].children += child_new;
+        }
+        child_new = fresh;
+    }
+    if (child_new) {
+        uint32_t up = kt_find(t, parent);
+        if (up != NIL) t->entries[up].children++;
+    }
+    t->counts[slot] += fresh_keys;
+    return fresh_keys;
+}
+
+int64_t kt_clear_slot(KvTable *t, uint32_t slot) {
+    if (slot >= t->n_slots) return 0;
+    KvMap *map = &t->maps[slot];
+    int64_t held = t->counts[slot];
+    for (size_t j = 0; map->cells != NULL && j < ((size_t)1 << map->bits); j++) {
+        if (map->cells[j].key == 0) continue;
+        uint32_t idx = kt_find(t, map->cells[j].key);
+        if (idx != NIL) kt_release(t, idx, slot);
+    }
+    t->dangling = t->dangling > map->len ? t->dangling - map->len : 0;
+    kv_map_free(map);
+    t->counts[slot] = 0;
+    return held;
+}
+
+/* Drop engine entries whose key was evicted (amortised: runs when they outnumber keys). */
+static int sweep(KvTable *t) {
+    for (uint32_t slot = 0; slot < t->n_slots; slot++) {
+        KvMap *map = &t->maps[slot], kept = {NULL, 0, 0};
+        for (size_t j = 0; map->cells != NULL && j < ((size_t)1 << map->bits); j++) {
+            KvCell cell = map->cells[j];
+            if (cell.key == 0) continue;
+            uint32_t idx = kt_find(t, cell.key);
+            if (idx != NIL && kt_has(t, idx, slot) &&
+                kv_map_put(&kept, cell.hash, cell.key) == UINT64_MAX) {
+                kv_map_free(&kept);
+                return -1;
+            }
+        }
+        kv_map_free(map);
+        *map = kept;
+    }
+    t->dangling = 0;
+    return 0;
+}
+
+Py_ssize_t kt_evict(KvTable *t, uint32_t target) {
+    Py_ssize_t evicted = 0;
+    uint32_t spared = 0;
+    while (t->n_keys > target) {
+        uint32_t idx = t->oldest;
+        /* An inner key moves to the recent end: its subtree was used at least as recently.
+         * spared > n_keys means every key was an ancestor, which only a 64-bit key collision
+         * (a cycle) can cause: evict anyway rather than spin. */
+        if (t->entries[idx].children && spared <= t->n_keys) {
+            touch(t, idx);
+            spared++;
+            continue;
+        }
+        const uint64_t *mask = &t->masks[(size_t)idx * t->words];
+        for (uint32_t w = 0; w < t->words; w++) {
+            for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+                t->counts[w * 64 + (uint32_t)__builtin_ctzll(bits)]--;
+                t->dangling++;
+            }
+        }
+        delete_entry(t, idx);
+        evicted++;
+        spared = 0;
+    }
+    if (t->dangling > (int64_t)t->n_keys && sweep(t) < 0) return -1;
+    return evicted;
+}
+
+void kt_free(KvTable *t) {
+    for (uint32_t slot = 0; slot < t->n_slots; slot++) kv_map_free(&t->maps[slot]);
+    PyMem_Free(t->maps);
+    PyMem_Free(t->counts);
+    PyMem_Free(t->entries);
+    PyMem_Free(t->masks);
+    PyMem_Free(t->buckets);
+    t->maps = NULL;
+    t->counts = NULL;
+    t->entries = NULL;
+    t->masks = NULL;
+    t->buckets = NULL;
+}
+
+size_t kt_bytes(const KvTable *t) {
+    size_t total = (size_t)t->capacity * (sizeof(KvEntry) + t->words * sizeof(uint64_t));
+    total += t->buckets == NULL ? 0 : sizeof(uint32_t) << t->bucket_bits;
+    total += (size_t)t->n_slots * (sizeof(KvMap) + sizeof(int64_t));
+    for (uint32_t slot = 0; slot < t->n_slots; slot++) total += kv_map_bytes(&t->maps[slot]);
+    return total;
+}

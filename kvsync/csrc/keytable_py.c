@@ -1,0 +1,275 @@
+/* kvsync._native.KeyTable: the Python face of keytable.c (typed in kvsync/_native.pyi). */
+#include "keytable.h"
+
+#define MAX_SLOT (1u << 16) /* endpoints per index: far above any fleet (walk.c's MAX_WORDS) */
+
+static int read_slot(PyObject *arg, uint32_t *slot) {
+    unsigned long value = PyLong_AsUnsignedLong(arg);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (value >= MAX_SLOT) {
+        PyErr_SetString(PyExc_OverflowError, "slot out of range");
+        return -1;
+    }
+    *slot = (uint32_t)value;
+    return 0;
+}
+
+static int read_u64(PyObject *arg, uint64_t *out) {
+    *out = PyLong_AsUnsignedLongLong(arg);
+    return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* A list of uint64 as a new C array (PyMem_Free it); NULL with an exception set. */
+static uint64_t *read_u64s(PyObject *list, Py_ssize_t *n) {
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "expected a list of ints");
+        return NULL;
+    }
+    *n = PyList_GET_SIZE(list);
+    uint64_t *values = PyMem_Malloc((size_t)(*n + 1) * sizeof(uint64_t));
+    if (values == NULL) return (uint64_t *)PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        if (read_u64(PyList_GET_ITEM(list, i), &values[i]) < 0) {
+            PyMem_Free(values);
+            return NULL;
+        }
+    }
+    return values;
+}
+
+static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"block_size", NULL};
+    Py_ssize_t block_size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n", names, &block_size)) return NULL;
+    if (block_size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "block_size must be > 0");
+        return NULL;
+    }
+    KvTable *t = (KvTable *)type->tp_alloc(type, 0); /* zeroed */
+    if (t == NULL) return NULL;
+    t->block_size = block_size;
+    t->words = 1;
+    t->free_head = t->oldest = t->newest = NIL;
+    return (PyObject *)t;
+}
+
+static void table_dealloc(KvTable *t) {
+    kt_free(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static Py_ssize_t table_len(KvTable *t) { return t->n_keys; }
+
+static int table_contains(KvTable *t, PyObject *arg) {
+    uint64_t key;
+    if (read_u64(arg, &key) < 0) return -1;
+    return kt_find(t, key) != NIL;
+}
+
+/* Calls with a fixed argument count: a TypeError otherwise. */
+#define ARGS(n, usage)                                   \
+    if (nargs != (n)) {                                  \
+        PyErr_SetString(PyExc_TypeError, usage);         \
+        return NULL;                                     \
+    }
+
+static PyObject *store_common(KvTable *t, PyObject *slot_arg, PyObject *parent_arg,
+                              PyObject *hashes_arg, uint64_t *keys, Py_ssize_t n_keys) {
+    uint32_t slot;
+    uint64_t parent;
+    Py_ssize_t n;
+    if (read_slot(slot_arg, &slot) < 0 || read_u64(parent_arg, &parent) < 0) return NULL;
+    uint64_t *hashes = read_u64s(hashes_arg, &n);
+    if (hashes == NULL) return NULL;
+    Py_ssize_t fresh = -1;
+    if (n != n_keys) PyErr_SetString(PyExc_ValueError, "one key per engine hash");
+    else fresh = kt_store(t, slot, parent, hashes, keys, n);
+    PyMem_Free(hashes);
+    return fresh < 0 ? NULL : PyLong_FromSsize_t(fresh);
+}
+
+static PyObject *table_store(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(5, "store(slot, parent, hashes, token_ids, extras)");
+    PyObject *extras = args[4] == Py_None ? NULL : args[4];
+    if (!PyList_Check(args[2]) || (extras != NULL && !PyList_Check(extras))) {
+        PyErr_SetString(PyExc_TypeError, "hashes and extras must be lists");
+        return NULL;
+    }
+    Py_ssize_t n_blocks = PyList_GET_SIZE(args[2]);
+    if (extras != NULL && PyList_GET_SIZE(extras) != n_blocks) {
+        PyErr_SetString(PyExc_ValueError, "extras must have one entry per block");
+        return NULL;
+    }
+    uint64_t parent;
+    if (read_u64(args[1], &parent) < 0) return NULL;
+    uint32_t *tokens;
+    Py_ssize_t n_tokens = kv_tokens_of(args[3], &tokens);
+    if (n_tokens < 0) return NULL;
+    uint64_t *keys = PyMem_Malloc((size_t)(n_blocks + 1) * sizeof(uint64_t));
+    PyObject *result = NULL;
+    if (keys == NULL) {
+        PyErr_NoMemory();
+    } else if (n_tokens != n_blocks * t->block_size) {
+        PyErr_Format(PyExc_ValueError, "tokens: %zd token ids for %zd blocks", n_tokens, n_blocks);
+    } else if (kv_chain(parent, tokens, t->block_size, n_blocks, extras, keys) == 0) {
+        result = store_common(t, args[0], args[1], args[2], keys, n_blocks);
+    }
+    PyMem_Free(tokens);
+    PyMem_Free(keys);
+    return result;
+}
+
+static PyObject *table_store_keys(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(4, "store_keys(slot, parent, hashes, keys)");
+    Py_ssize_t n;
+    uint64_t *keys = read_u64s(args[3], &n);
+    if (keys == NULL) return NULL;
+    PyObject *result = store_common(t, args[0], args[1], args[2], keys, n);
+    PyMem_Free(keys);
+    return result;
+}
+
+static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "remove_plain(slot, hashes)");
+    uint32_t slot;
+    Py_ssize_t n;
+    if (read_slot(args[0], &slot) < 0) return NULL;
+    uint64_t *hashes = read_u64s(args[1], &n);
+    if (hashes == NULL) return NULL;
+    PyObject *missing = PyList_New(0);
+    Py_ssize_t removed = 0;
+    for (Py_ssize_t i = 0; missing != NULL && i < n; i++) {
+        uint64_t key = slot < t->n_slots ? kv_map_pop(&t->maps[slot], hashes[i]) : 0;
+        if (key == 0) {
+            if (PyList_Append(missing, PyList_GET_ITEM(args[1], i)) < 0) Py_CLEAR(missing);
+            continue;
+        }
+        uint32_t idx = kt_find(t, key); /* absent: a dangling entry, the mapping goes anyway */
+        if (idx != NIL && kt_has(t, idx, slot)) {
+            kt_release(t, idx, slot);
+            removed++;
+        }
+    }
+    PyMem_Free(hashes);
+    if (missing == NULL) return NULL;
+    return Py_BuildValue("(nN)", removed, missing);
+}
+
+static PyObject *table_holders(KvTable *t, PyObject *arg) {
+    uint64_t key;
+    if (read_u64(arg, &key) < 0) return NULL;
+    uint32_t idx = kt_find(t, key);
+    if (idx == NIL) return PyLong_FromLong(0);
+    PyObject *mask = PyLong_FromLong(0);
+    for (uint32_t w = t->words; mask != NULL && w-- > 0;) { /* most significant word first */
+        PyObject *shift = PyLong_FromLong(64);
+        PyObject *shifted = shift == NULL ? NULL : PyNumber_Lshift(mask, shift);
+        PyObject *word = PyLong_FromUnsignedLongLong(t->masks[(size_t)idx * t->words + w]);
+        Py_XDECREF(shift);
+        Py_DECREF(mask);
+        mask = shifted == NULL || word == NULL ? NULL : PyNumber_Or(shifted, word);
+        Py_XDECREF(shifted);
+        Py_XDECREF(word);
+    }
+    return mask;
+}
+
+static PyObject *table_resolve(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "resolve(slot, hash)");
+    uint32_t slot;
+    uint64_t hash;
+    if (read_slot(args[0], &slot) < 0 || read_u64(args[1], &hash) < 0) return NULL;
+    uint64_t key = slot < t->n_slots ? kv_map_get(&t->maps[slot], hash) : 0;
+    if (key == 0) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(key);
+}
+
+static PyObject *table_unmap(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "unmap(slot, hash)");
+    uint32_t slot;
+    uint64_t hash;
+    if (read_slot(args[0], &slot) < 0 || read_u64(args[1], &hash) < 0) return NULL;
+    if (slot < t->n_slots) kv_map_pop(&t->maps[slot], hash);
+    Py_RETURN_NONE;
+}
+
+static PyObject *table_release(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "release(slot, key)");
+    uint32_t slot;
+    uint64_t key;
+    if (read_slot(args[0], &slot) < 0 || read_u64(args[1], &key) < 0) return NULL;
+    uint32_t idx = kt_find(t, key);
+    if (idx == NIL || slot >= t->n_slots || !kt_has(t, idx, slot)) Py_RETURN_FALSE;
+    kt_release(t, idx, slot);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *table_clear_slot(KvTable *t, PyObject *arg) {
+    uint32_t slot;
+    if (read_slot(arg, &slot) < 0) return NULL;
+    return PyLong_FromLongLong(kt_clear_slot(t, slot));
+}
+
+static PyObject *table_evict(KvTable *t, PyObject *arg) {
+    unsigned long target = PyLong_AsUnsignedLong(arg);
+    if (target == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t evicted = kt_evict(t, target > UINT32_MAX ? UINT32_MAX : (uint32_t)target);
+    return evicted < 0 ? NULL : PyLong_FromSsize_t(evicted);
+}
+
+static PyObject *table_count(KvTable *t, PyObject *arg) {
+    uint32_t slot;
+    if (read_slot(arg, &slot) < 0) return NULL;
+    return PyLong_FromLongLong(slot < t->n_slots ? t->counts[slot] : 0);
+}
+
+static PyObject *table_sizes(KvTable *t, PyObject *unused) {
+    (void)unused;
+    long long entries = 0, mapped = 0;
+    PyObject *slots = PyList_New(0);
+    for (uint32_t slot = 0; slots != NULL && slot < t->n_slots; slot++) {
+        entries += t->counts[slot];
+        mapped += t->maps[slot].len;
+        if (t->counts[slot] || t->maps[slot].len) {
+            PyObject *n = PyLong_FromUnsignedLong(slot);
+            if (n == NULL || PyList_Append(slots, n) < 0) Py_CLEAR(slots);
+            Py_XDECREF(n);
+        }
+    }
+    if (slots == NULL) return NULL;
+    return Py_BuildValue("(LLnN)", entries, mapped, (Py_ssize_t)kt_bytes(t), slots);
+}
+
+PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs);
+
+static PyMethodDef table_methods[] = {
+    {"store", (PyCFunction)(void (*)(void))table_store, METH_FASTCALL, NULL},
+    {"store_keys", (PyCFunction)(void (*)(void))table_store_keys, METH_FASTCALL, NULL},
+    {"remove_plain", (PyCFunction)(void (*)(void))table_remove_plain, METH_FASTCALL, NULL},
+    {"holders", (PyCFunction)table_holders, METH_O, NULL},
+    {"resolve", (PyCFunction)(void (*)(void))table_resolve, METH_FASTCALL, NULL},
+    {"unmap", (PyCFunction)(void (*)(void))table_unmap, METH_FASTCALL, NULL},
+    {"release", (PyCFunction)(void (*)(void))table_release, METH_FASTCALL, NULL},
+    {"clear_slot", (PyCFunction)table_clear_slot, METH_O, NULL},
+    {"evict", (PyCFunction)table_evict, METH_O, NULL},
+    {"count", (PyCFunction)table_count, METH_O, NULL},
+    {"sizes", (PyCFunction)table_sizes, METH_NOARGS, NULL},
+    {"walk", (PyCFunction)(void (*)(void))kt_walk, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods table_as_sequence = {
+    .sq_length = (lenfunc)table_len,
+    .sq_contains = (objobjproc)table_contains,
+};
+
+PyTypeObject KvKeyTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kvsync._native.KeyTable",
+    .tp_basicsize = sizeof(KvTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One prefix-index context's keys, holders, recency and engine-hash maps.",
+    .tp_new = table_new,
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_methods = table_methods,
+    .tp_as_sequence = &table_as_sequence,
+};

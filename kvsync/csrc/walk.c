@@ -1,0 +1,112 @@
+/* KeyTable.walk: the longest-prefix walk of one query over one context (kvsync/lookup.py). */
+#include "keytable.h"
+
+#define WALK_CHUNK 64 /* blocks converted at a time: an early stop wastes at most these */
+#define MAX_WORDS 1024
+
+/* Record position ``at`` as the run of every slot set in ``gone``. */
+static int end_runs(PyObject *runs, const uint64_t *gone, uint32_t words, Py_ssize_t at) {
+    if (at == 0) return 0; /* a slot that holds no leading block is no answer */
+    for (uint32_t w = 0; w < words; w++) {
+        for (uint64_t bits = gone[w]; bits; bits &= bits - 1) {
+            PyObject *slot = PyLong_FromUnsignedLong(w * 64 + (uint32_t)__builtin_ctzll(bits));
+            PyObject *run = PyLong_FromSsize_t(at);
+            int failed = slot == NULL || run == NULL || PyDict_SetItem(runs, slot, run) < 0;
+            Py_XDECREF(slot);
+            Py_XDECREF(run);
+            if (failed) return -1;
+        }
+    }
+    return 0;
+}
+
+/* walk(token_ids, salt, allowed, want_keys) -> (runs, keys): per slot in ``allowed`` (a mask)
+ * holding at least the first block, how many leading query blocks it holds; with ``want_keys`` also the keys of the blocks at
+ * least one allowed slot matched (for the caller's odd-copy breakdown), else None. */
+PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "walk(token_ids, salt, allowed, want_keys)");
+        return NULL;
+    }
+    PyObject *salt = args[1];
+    if (salt != Py_None && !PyBytes_Check(salt)) {
+        PyErr_SetString(PyExc_TypeError, "salt must be bytes or None");
+        return NULL;
+    }
+    uint32_t words = t->words;
+    uint64_t alive[MAX_WORDS], gone[MAX_WORDS];
+    uint64_t any = 0;
+    PyObject *rest = Py_NewRef(args[2]);
+    for (uint32_t w = 0; w < words; w++) { /* the low ``words`` words of ``allowed`` */
+        alive[w] = PyLong_AsUnsignedLongLongMask(rest);
+        PyObject *sixty_four = PyLong_FromLong(64);
+        PyObject *next = sixty_four == NULL ? NULL : PyNumber_Rshift(rest, sixty_four);
+        Py_XDECREF(sixty_four);
+        Py_DECREF(rest);
+        rest = next;
+        if (rest == NULL || PyErr_Occurred()) {
+            Py_XDECREF(rest);
+            return NULL;
+        }
+        any |= alive[w];
+    }
+    Py_DECREF(rest);
+    PyObject *seq = PySequence_Fast(args[0], "token_ids must be a sequence of ints");
+    if (seq == NULL) return NULL;
+    PyObject *runs = PyDict_New();
+    PyObject *keys = PyObject_IsTrue(args[3]) ? PyList_New(0) : Py_NewRef(Py_None);
+    Py_ssize_t bs = t->block_size;
+    Py_ssize_t n_blocks = PySequence_Fast_GET_SIZE(seq) / bs;
+    Py_ssize_t salt_len = salt == Py_None ? 0 : PyBytes_GET_SIZE(salt);
+    uint32_t *tokens = PyMem_Malloc((size_t)WALK_CHUNK * bs * sizeof(uint32_t));
+    char *scratch = PyMem_Malloc((size_t)bs * sizeof(uint32_t) + (size_t)salt_len + 1);
+    Py_ssize_t position = 0;
+    uint64_t key = KV_ROOT;
+    int failed = runs == NULL || keys == NULL;
+    if (!failed && (tokens == NULL || scratch == NULL)) {
+        PyErr_NoMemory();
+        failed = 1;
+    }
+    while (!failed && any && position < n_blocks) {
+        Py_ssize_t chunk = n_blocks - position < WALK_CHUNK ? n_blocks - position : WALK_CHUNK;
+        if (kv_tokens_from_items(PySequence_Fast_ITEMS(seq), position * bs, chunk * bs, tokens)) {
+            failed = 1;
+            break;
+        }
+        for (Py_ssize_t i = 0; i < chunk && any; i++, position++) {
+            const char *extra = position == 0 && salt_len ? PyBytes_AS_STRING(salt) : NULL;
+            key = kv_block_key(key, tokens + i * bs, bs, extra, salt_len, scratch);
+            uint32_t idx = kt_find(t, key);
+            const uint64_t *mask = idx == NIL ? NULL : &t->masks[(size_t)idx * words];
+            uint64_t lost = 0;
+            any = 0;
+            for (uint32_t w = 0; w < words; w++) {
+                uint64_t now = mask == NULL ? 0 : alive[w] & mask[w];
+                gone[w] = alive[w] & ~now;
+                lost |= gone[w];
+                alive[w] = now;
+                any |= now;
+            }
+            if (lost && end_runs(runs, gone, words, position) < 0) {
+                failed = 1;
+                break;
+            }
+            if (any && keys != Py_None) {
+                PyObject *k = PyLong_FromUnsignedLongLong(key);
+                failed = k == NULL || PyList_Append(keys, k) < 0;
+                Py_XDECREF(k);
+                if (failed) break;
+            }
+        }
+    }
+    if (!failed && any && end_runs(runs, alive, words, position) < 0) failed = 1;
+    PyMem_Free(tokens);
+    PyMem_Free(scratch);
+    Py_DECREF(seq);
+    if (failed) {
+        Py_XDECREF(runs);
+        Py_XDECREF(keys);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", runs, keys);
+}
