@@ -1,12 +1,8 @@
 /* One index context's tables: see keytable.h; the semantics are kvsync/contexts.py's. */
 #include "keytable.h"
 
-#define GOLDEN 0x9E3779B97F4A7C15ULL
 #define MIN_BUCKET_BITS 4
-
-static inline uint32_t home(uint64_t key, uint32_t bits) {
-    return (uint32_t)((key * GOLDEN) >> (64 - bits));
-}
+#define home kt_home
 
 uint32_t kt_find(const KvTable *t, uint64_t key) {
     if (t->buckets == NULL) return NIL;
@@ -14,7 +10,7 @@ uint32_t kt_find(const KvTable *t, uint64_t key) {
     for (uint32_t i = home(key, t->bucket_bits);; i = (i + 1) & mask) {
         uint32_t b = t->buckets[i];
         if (b == 0) return NIL;
-        if (t->entries[b - 1].key == key) return b - 1;
+        if (*kt_record(t, b - 1) == key) return b - 1;
     }
 }
 
@@ -31,8 +27,8 @@ static int rebucket(KvTable *t, uint32_t bits) {
         PyErr_NoMemory();
         return -1;
     }
-    for (uint32_t idx = t->oldest; idx != NIL; idx = t->entries[idx].newer) {
-        place(buckets, bits, t->entries[idx].key, idx);
+    for (uint32_t idx = t->oldest; idx != NIL; idx = kt_links(t, idx)->newer) {
+        place(buckets, bits, *kt_record(t, idx), idx);
     }
     PyMem_Free(t->buckets);
     t->buckets = buckets;
@@ -43,9 +39,9 @@ static int rebucket(KvTable *t, uint32_t bits) {
 static void unbucket(KvTable *t, uint64_t key) {
     uint32_t mask = (1u << t->bucket_bits) - 1;
     uint32_t i = home(key, t->bucket_bits);
-    while (t->entries[t->buckets[i] - 1].key != key) i = (i + 1) & mask;
+    while (*kt_record(t, t->buckets[i] - 1) != key) i = (i + 1) & mask;
     for (uint32_t j = (i + 1) & mask; t->buckets[j] != 0; j = (j + 1) & mask) {
-        uint32_t h = home(t->entries[t->buckets[j] - 1].key, t->bucket_bits);
+        uint32_t h = home(*kt_record(t, t->buckets[j] - 1), t->bucket_bits);
         if ((j > i && (h <= i || h > j)) || (j < i && (h <= i && h > j))) {
             t->buckets[i] = t->buckets[j];
             i = j;
@@ -55,18 +51,18 @@ static void unbucket(KvTable *t, uint64_t key) {
 }
 
 static void unlink_entry(KvTable *t, uint32_t idx) {
-    KvEntry *e = &t->entries[idx];
-    if (e->older != NIL) t->entries[e->older].newer = e->newer;
+    KvLinks *e = kt_links(t, idx);
+    if (e->older != NIL) kt_links(t, e->older)->newer = e->newer;
     else t->oldest = e->newer;
-    if (e->newer != NIL) t->entries[e->newer].older = e->older;
+    if (e->newer != NIL) kt_links(t, e->newer)->older = e->older;
     else t->newest = e->older;
 }
 
 static void append_entry(KvTable *t, uint32_t idx) {
-    KvEntry *e = &t->entries[idx];
+    KvLinks *e = kt_links(t, idx);
     e->older = t->newest;
     e->newer = NIL;
-    if (t->newest != NIL) t->entries[t->newest].newer = idx;
+    if (t->newest != NIL) kt_links(t, t->newest)->newer = idx;
     else t->oldest = idx;
     t->newest = idx;
 }
@@ -80,17 +76,14 @@ static inline void touch(KvTable *t, uint32_t idx) {
 
 static int grow_entries(KvTable *t) {
     uint32_t capacity = t->capacity ? t->capacity * 2 : 64;
-    KvEntry *entries = PyMem_Realloc(t->entries, (size_t)capacity * sizeof(KvEntry));
-    if (entries == NULL) goto no_memory;
-    t->entries = entries;
-    uint64_t *masks = PyMem_Realloc(t->masks, (size_t)capacity * t->words * sizeof(uint64_t));
-    if (masks == NULL) goto no_memory;
-    t->masks = masks;
+    uint64_t *records = PyMem_Realloc(t->records, (size_t)capacity * t->stride * sizeof(uint64_t));
+    if (records == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->records = records;
     t->capacity = capacity;
     return 0;
-no_memory:
-    PyErr_NoMemory();
-    return -1;
 }
 
 static uint32_t new_entry(KvTable *t, uint64_t key, uint64_t parent, uint32_t children,
@@ -102,16 +95,16 @@ static uint32_t new_entry(KvTable *t, uint64_t key, uint64_t parent, uint32_t ch
     uint32_t idx;
     if (t->free_head != NIL) {
         idx = t->free_head;
-        t->free_head = t->entries[idx].older;
+        t->free_head = kt_links(t, idx)->older;
     } else {
         if (t->used == t->capacity && grow_entries(t) < 0) return NIL;
         idx = t->used++;
     }
-    KvEntry *e = &t->entries[idx];
-    e->key = key;
-    e->parent = parent;
-    e->children = children;
-    uint64_t *mask = &t->masks[(size_t)idx * t->words];
+    *kt_record(t, idx) = key;
+    KvLinks *links = kt_links(t, idx);
+    links->parent = parent;
+    links->children = children;
+    uint64_t *mask = kt_mask(t, idx);
     memset(mask, 0, t->words * sizeof(uint64_t));
     mask[slot / 64] = 1ULL << (slot % 64);
     append_entry(t, idx);
@@ -121,38 +114,43 @@ static uint32_t new_entry(KvTable *t, uint64_t key, uint64_t parent, uint32_t ch
 }
 
 static void delete_entry(KvTable *t, uint32_t idx) {
-    uint64_t key = t->entries[idx].key, parent = t->entries[idx].parent;
+    uint64_t key = *kt_record(t, idx), parent = kt_links(t, idx)->parent;
     unbucket(t, key);
     unlink_entry(t, idx);
-    t->entries[idx].older = t->free_head;
+    kt_links(t, idx)->older = t->free_head;
     t->free_head = idx;
     t->n_keys--;
     uint32_t up = kt_find(t, parent);
-    if (up != NIL && t->entries[up].children) t->entries[up].children--;
+    if (up != NIL && kt_links(t, up)->children) kt_links(t, up)->children--;
 }
 
 static inline int mask_empty(const KvTable *t, uint32_t idx) {
-    const uint64_t *mask = &t->masks[(size_t)idx * t->words];
+    const uint64_t *mask = kt_mask(t, idx);
     for (uint32_t w = 0; w < t->words; w++) {
         if (mask[w]) return 0;
     }
     return 1;
 }
 
+/* Room for ``words`` mask words per record: every record is copied to the wider layout. */
 static int widen(KvTable *t, uint32_t words) {
-    uint64_t *masks = PyMem_Calloc((size_t)(t->capacity ? t->capacity : 1) * words,
-                                   sizeof(uint64_t));
-    if (masks == NULL) {
+    uint32_t stride = 1 + words + sizeof(KvLinks) / sizeof(uint64_t);
+    uint64_t *records = PyMem_Calloc((size_t)(t->capacity ? t->capacity : 1) * stride,
+                                     sizeof(uint64_t));
+    if (records == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     for (uint32_t idx = 0; idx < t->used; idx++) {
-        memcpy(&masks[(size_t)idx * words], &t->masks[(size_t)idx * t->words],
-               t->words * sizeof(uint64_t));
+        uint64_t *from = kt_record(t, idx), *to = records + (size_t)idx * stride;
+        to[0] = from[0];
+        memcpy(to + 1, from + 1, t->words * sizeof(uint64_t));
+        memcpy(to + 1 + words, from + 1 + t->words, sizeof(KvLinks));
     }
-    PyMem_Free(t->masks);
-    t->masks = masks;
+    PyMem_Free(t->records);
+    t->records = records;
     t->words = words;
+    t->stride = stride;
     return 0;
 }
 
@@ -177,7 +175,7 @@ no_memory:
 
 void kt_release(KvTable *t, uint32_t idx, uint32_t slot) {
     if (!kt_has(t, idx, slot)) return;
-    t->masks[(size_t)idx * t->words + slot / 64] &= ~(1ULL << (slot % 64));
+    kt_mask(t, idx)[slot / 64] &= ~(1ULL << (slot % 64));
     t->counts[slot]--;
     if (mask_empty(t, idx)) delete_entry(t, idx);
 }
@@ -185,11 +183,16 @@ void kt_release(KvTable *t, uint32_t idx, uint32_t slot) {
 Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *hashes,
                     const uint64_t *keys, Py_ssize_t n) {
     if (kt_ensure_slot(t, slot) < 0) return -1;
+    KvMap *map = &t->maps[slot];
+    for (Py_ssize_t i = 0; i < n; i++) { /* overlap the cache misses of the whole chain */
+        kt_prefetch(t, keys[i]);
+        kv_map_prefetch(map, hashes[i]);
+    }
     Py_ssize_t fresh_keys = 0;
     int child_new = 0; /* whether the block after this one is a new key */
     for (Py_ssize_t i = n - 1; i >= 0; i--) { /* deepest first: see kvsync/contexts.py */
         uint64_t key = keys[i];
-        uint64_t previous = kv_map_put(&t->maps[slot], hashes[i], key);
+        uint64_t previous = kv_map_put(map, hashes[i], key);
         if (previous == UINT64_MAX) return -1;
         if (previous != 0 && previous != key) { /* the engine reused a hash for other tokens */
             uint32_t old = kt_find(t, previous);
@@ -203,19 +206,19 @@ Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *
             fresh_keys++;
         } else {
             touch(t, idx);
-            uint64_t *word = &t->masks[(size_t)idx * t->words + slot / 64];
+            uint64_t *word = &kt_mask(t, idx)[slot / 64];
             uint64_t bit = 1ULL << (slot % 64);
             if (!(*word & bit)) {
                 *word |= bit;
                 fresh_keys++;
             }
-            t->entries[idx].children += child_new;
+            kt_links(t, idx)->children += child_new;
         }
         child_new = fresh;
     }
     if (child_new) {
         uint32_t up = kt_find(t, parent);
-        if (up != NIL) t->entries[up].children++;
+        if (up != NIL) kt_links(t, up)->children++;
     }
     t->counts[slot] += fresh_keys;
     return fresh_keys;
@@ -265,12 +268,12 @@ Py_ssize_t kt_evict(KvTable *t, uint32_t target) {
         /* An inner key moves to the recent end: its subtree was used at least as recently.
          * spared > n_keys means every key was an ancestor, which only a 64-bit key collision
          * (a cycle) can cause: evict anyway rather than spin. */
-        if (t->entries[idx].children && spared <= t->n_keys) {
+        if (kt_links(t, idx)->children && spared <= t->n_keys) {
             touch(t, idx);
             spared++;
             continue;
         }
-        const uint64_t *mask = &t->masks[(size_t)idx * t->words];
+        const uint64_t *mask = kt_mask(t, idx);
         for (uint32_t w = 0; w < t->words; w++) {
             for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
                 t->counts[w * 64 + (uint32_t)__builtin_ctzll(bits)]--;
@@ -289,18 +292,16 @@ void kt_free(KvTable *t) {
     for (uint32_t slot = 0; slot < t->n_slots; slot++) kv_map_free(&t->maps[slot]);
     PyMem_Free(t->maps);
     PyMem_Free(t->counts);
-    PyMem_Free(t->entries);
-    PyMem_Free(t->masks);
+    PyMem_Free(t->records);
     PyMem_Free(t->buckets);
     t->maps = NULL;
     t->counts = NULL;
-    t->entries = NULL;
-    t->masks = NULL;
+    t->records = NULL;
     t->buckets = NULL;
 }
 
 size_t kt_bytes(const KvTable *t) {
-    size_t total = (size_t)t->capacity * (sizeof(KvEntry) + t->words * sizeof(uint64_t));
+    size_t total = (size_t)t->capacity * t->stride * sizeof(uint64_t);
     total += t->buckets == NULL ? 0 : sizeof(uint32_t) << t->bucket_bits;
     total += (size_t)t->n_slots * (sizeof(KvMap) + sizeof(int64_t));
     for (uint32_t slot = 0; slot < t->n_slots; slot++) total += kv_map_bytes(&t->maps[slot]);

@@ -1,10 +1,13 @@
-/* One index context's tables (keytable.c); the Python type around them is keytable_py.c.
+/* One index context's tables (keytable.c); the Python type around them is keytable_py.c, the
+ * walk is walk.c.
  *
- * Per block key, one 32-byte entry (key, parent key, present-children count, recency links) and
- * a holder bit mask of ``words`` uint64 (the endpoint slots holding any copy of the block),
- * in dense arrays; a bucket array of entry indices finds a key. Entries are kept in recency
- * order (least recently stored first) on a doubly linked list, for leaf-first capacity
- * eviction. Per slot: an engine hash -> key map (u64map.c) and the count of keys held. */
+ * Per block key one record in a dense array: the key, a holder bit mask of ``words`` uint64
+ * (the endpoint slots holding any copy of the block), then its parent key, its present-children
+ * count and its recency links. Key and mask come first, so a lookup touches one cache line
+ * (8 + 8 bytes of a 40-byte record with one mask word). A bucket array of record indices finds a
+ * key (linear probing, at most half full). Records are kept in recency order (least recently
+ * stored first) on a doubly linked list, for leaf-first capacity eviction. Per slot: an engine
+ * hash -> key map (u64map.c) and the count of keys held. */
 #ifndef KVSYNC_KEYTABLE_H
 #define KVSYNC_KEYTABLE_H
 
@@ -13,24 +16,24 @@
 #define NIL UINT32_MAX
 
 typedef struct {
-    uint64_t key;
     uint64_t parent;
     uint32_t children; /* present keys whose parent is this key (see kvsync/contexts.py) */
     uint32_t older;    /* recency neighbours; ``older`` also links the free list */
     uint32_t newer;
-} KvEntry;
+    uint32_t unused;
+} KvLinks;
 
 typedef struct {
     PyObject_HEAD
     Py_ssize_t block_size;
-    KvEntry *entries;
-    uint64_t *masks; /* ``words`` per entry */
+    uint64_t *records; /* ``stride`` uint64 per record: key, mask[words], KvLinks */
     uint32_t words;
-    uint32_t capacity; /* entries allocated */
-    uint32_t used;     /* entries ever handed out (high-water mark) */
+    uint32_t stride;
+    uint32_t capacity; /* records allocated */
+    uint32_t used;     /* records ever handed out (high-water mark) */
     uint32_t n_keys;
     uint32_t free_head;
-    uint32_t *buckets; /* entry index + 1; 0 = empty */
+    uint32_t *buckets; /* record index + 1; 0 = empty */
     uint32_t bucket_bits;
     uint32_t oldest, newest;
     KvMap *maps;     /* per slot */
@@ -39,10 +42,27 @@ typedef struct {
     int64_t dangling; /* engine entries whose key capacity eviction removed */
 } KvTable;
 
+#define GOLDEN 0x9E3779B97F4A7C15ULL /* multiplicative hashing: any key spreads evenly */
+
+static inline uint64_t *kt_record(const KvTable *t, uint32_t idx) {
+    return t->records + (size_t)idx * t->stride;
+}
+static inline uint64_t *kt_mask(const KvTable *t, uint32_t idx) { return kt_record(t, idx) + 1; }
+static inline KvLinks *kt_links(const KvTable *t, uint32_t idx) {
+    return (KvLinks *)(kt_record(t, idx) + 1 + t->words);
+}
+static inline uint32_t kt_home(uint64_t key, uint32_t bits) {
+    return (uint32_t)((key * GOLDEN) >> (64 - bits));
+}
+/* Start loading the bucket of ``key``: lookups of a chain's keys overlap their cache misses. */
+static inline void kt_prefetch(const KvTable *t, uint64_t key) {
+    if (t->buckets != NULL) __builtin_prefetch(&t->buckets[kt_home(key, t->bucket_bits)]);
+}
+
 uint32_t kt_find(const KvTable *t, uint64_t key);
 int kt_ensure_slot(KvTable *t, uint32_t slot);
 static inline int kt_has(const KvTable *t, uint32_t idx, uint32_t slot) {
-    return (int)(t->masks[(size_t)idx * t->words + slot / 64] >> (slot % 64) & 1);
+    return (int)(kt_mask(t, idx)[slot / 64] >> (slot % 64) & 1);
 }
 /* Keys a slot newly holds; -1 with an exception set. */
 Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *hashes,

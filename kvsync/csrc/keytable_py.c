@@ -1,6 +1,7 @@
 /* kvsync._native.KeyTable: the Python face of keytable.c (typed in kvsync/_native.pyi). */
 #include "keytable.h"
 
+#define STACK_TOKENS 4096 /* token ids parsed on the stack (16 KiB) before allocating */
 #define MAX_SLOT (1u << 16) /* endpoints per index: far above any fleet (walk.c's MAX_WORDS) */
 
 static int read_slot(PyObject *arg, uint32_t *slot) {
@@ -49,6 +50,7 @@ static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (t == NULL) return NULL;
     t->block_size = block_size;
     t->words = 1;
+    t->stride = 1 + 1 + sizeof(KvLinks) / sizeof(uint64_t);
     t->free_head = t->oldest = t->newest = NIL;
     return (PyObject *)t;
 }
@@ -102,20 +104,41 @@ static PyObject *table_store(KvTable *t, PyObject *const *args, Py_ssize_t nargs
     }
     uint64_t parent;
     if (read_u64(args[1], &parent) < 0) return NULL;
-    uint32_t *tokens;
-    Py_ssize_t n_tokens = kv_tokens_of(args[3], &tokens);
-    if (n_tokens < 0) return NULL;
-    uint64_t *keys = PyMem_Malloc((size_t)(n_blocks + 1) * sizeof(uint64_t));
+    Py_ssize_t n_tokens = n_blocks * t->block_size;
+    /* The usual event (a few dozen blocks) parses into the stack: no allocation per event. */
+    uint32_t stack_tokens[STACK_TOKENS];
+    uint64_t stack_keys[STACK_TOKENS / 16];
+    uint32_t *tokens = stack_tokens, *heap_tokens = NULL;
+    uint64_t *keys = stack_keys, *heap_keys = NULL;
+    Py_ssize_t got;
     PyObject *result = NULL;
-    if (keys == NULL) {
+    if (PyBytes_Check(args[3]) || !PySequence_Check(args[3])) { /* a msgpack array */
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[3], &view, PyBUF_SIMPLE) < 0) return NULL;
+        if (n_tokens > STACK_TOKENS) {
+            tokens = heap_tokens = PyMem_Malloc((size_t)n_tokens * sizeof(uint32_t));
+        }
+        got = tokens == NULL ? (PyErr_NoMemory(), -1)
+                             : kv_tokens_from_msgpack(view.buf, view.len, tokens, n_tokens);
+        PyBuffer_Release(&view);
+    } else {
+        got = kv_tokens_of(args[3], &heap_tokens);
+        tokens = heap_tokens;
+    }
+    if (n_blocks > STACK_TOKENS / 16) {
+        keys = heap_keys = PyMem_Malloc((size_t)n_blocks * sizeof(uint64_t));
+    }
+    if (got < 0) {
+        /* the error is set */
+    } else if (keys == NULL) {
         PyErr_NoMemory();
-    } else if (n_tokens != n_blocks * t->block_size) {
-        PyErr_Format(PyExc_ValueError, "tokens: %zd token ids for %zd blocks", n_tokens, n_blocks);
+    } else if (got != n_tokens) {
+        PyErr_Format(PyExc_ValueError, "tokens: %zd token ids for %zd blocks", got, n_blocks);
     } else if (kv_chain(parent, tokens, t->block_size, n_blocks, extras, keys) == 0) {
         result = store_common(t, args[0], args[1], args[2], keys, n_blocks);
     }
-    PyMem_Free(tokens);
-    PyMem_Free(keys);
+    PyMem_Free(heap_tokens);
+    PyMem_Free(heap_keys);
     return result;
 }
 
@@ -164,7 +187,7 @@ static PyObject *table_holders(KvTable *t, PyObject *arg) {
     for (uint32_t w = t->words; mask != NULL && w-- > 0;) { /* most significant word first */
         PyObject *shift = PyLong_FromLong(64);
         PyObject *shifted = shift == NULL ? NULL : PyNumber_Lshift(mask, shift);
-        PyObject *word = PyLong_FromUnsignedLongLong(t->masks[(size_t)idx * t->words + w]);
+        PyObject *word = PyLong_FromUnsignedLongLong(kt_mask(t, idx)[w]);
         Py_XDECREF(shift);
         Py_DECREF(mask);
         mask = shifted == NULL || word == NULL ? NULL : PyNumber_Or(shifted, word);

@@ -32,6 +32,10 @@
 Py_ssize_t kv_tokens_from_msgpack(const uint8_t *data, Py_ssize_t len, uint32_t *out,
                                   Py_ssize_t cap);
 
+/* The element count of the msgpack array header at ``*p`` (advanced past it); -1 with a
+ * ValueError set. */
+Py_ssize_t kv_msgpack_array_len(const uint8_t **p, const uint8_t *end);
+
 /* Token ids from a Python sequence of ints (PySequence_Fast items), ``count`` of them starting
  * at ``first``. Returns 0, or -1 with OverflowError / TypeError set. */
 int kv_tokens_from_items(PyObject **items, Py_ssize_t first, Py_ssize_t count, uint32_t *out);
@@ -76,6 +80,15 @@ typedef struct {
     uint32_t bits; /* capacity = 1 << bits (0 cells when cells == NULL) */
     uint32_t len;
 } KvMap;
+
+#define KV_MAP_GOLDEN 0x9E3779B97F4A7C15ULL /* multiplicative hashing: engine hashes may be small */
+
+static inline uint32_t kv_map_home(uint64_t hash, uint32_t bits) {
+    return (uint32_t)((hash * KV_MAP_GOLDEN) >> (64 - bits));
+}
+static inline void kv_map_prefetch(const KvMap *map, uint64_t hash) {
+    if (map->cells != NULL) __builtin_prefetch(&map->cells[kv_map_home(hash, map->bits)]);
+}
 
 uint64_t kv_map_get(const KvMap *map, uint64_t hash);
 /* Returns the previous key (0 when new), or UINT64_MAX with MemoryError set. */

@@ -4,7 +4,7 @@
 #define TOKEN_LIMIT 4294967296ULL /* token ids are in [0, 2^32) */
 
 static Py_ssize_t tokens_error(const char *what, long long value) {
-    PyErr_Format(PyExc_ValueError, "tokens: %s (%lld)", what, value);
+    PyErr_Format(PyExc_ValueError, "tokens: %s %lld", what, value);
     return -1;
 }
 
@@ -14,54 +14,68 @@ static inline uint64_t big_endian(const uint8_t *p, int n) {
     return v;
 }
 
+Py_ssize_t kv_msgpack_array_len(const uint8_t **p, const uint8_t *end) {
+    if (*p >= end) return tokens_error("token_ids is empty: bytes", 0);
+    uint8_t marker = *(*p)++;
+    if (marker >= 0x90 && marker <= 0x9f) return marker & 0x0f;
+    if (marker == 0xdc || marker == 0xdd) {
+        int width = marker == 0xdc ? 2 : 4;
+        if (end - *p < width) return tokens_error("truncated array header", marker);
+        Py_ssize_t count = (Py_ssize_t)big_endian(*p, width);
+        *p += width;
+        return count;
+    }
+    return tokens_error("token_ids is not an array, msgpack marker", marker);
+}
+
+/* One token id with any int marker but the three common ones; -1 with an error set. */
+static int64_t odd_token(const uint8_t **p, const uint8_t *end, Py_ssize_t i) {
+    uint8_t m = *(*p)++;
+    int width, is_signed = 0;
+    if (m >= 0xe0) return tokens_error("negative token id at index", i);
+    switch (m) {
+        case 0xcc: width = 1; break;
+        case 0xcf: width = 8; break;
+        case 0xd0: width = 1; is_signed = 1; break;
+        case 0xd1: width = 2; is_signed = 1; break;
+        case 0xd2: width = 4; is_signed = 1; break;
+        case 0xd3: width = 8; is_signed = 1; break;
+        default: return tokens_error("token id is not an int at index", i);
+    }
+    if (end - *p < width) return tokens_error("truncated token id at index", i);
+    uint64_t value = big_endian(*p, width);
+    *p += width;
+    if (is_signed && (value >> (8 * width - 1)) & 1) {
+        return tokens_error("negative token id at index", i);
+    }
+    if (value >= TOKEN_LIMIT) return tokens_error("token id >= 2^32 at index", i);
+    return (int64_t)value;
+}
+
 Py_ssize_t kv_tokens_from_msgpack(const uint8_t *data, Py_ssize_t len, uint32_t *out,
                                   Py_ssize_t cap) {
     const uint8_t *p = data, *end = data + len;
-    if (p >= end) return tokens_error("token_ids is empty", 0);
-    uint8_t marker = *p++;
-    Py_ssize_t count;
-    if (marker >= 0x90 && marker <= 0x9f) {
-        count = marker & 0x0f;
-    } else if (marker == 0xdc || marker == 0xdd) {
-        int width = marker == 0xdc ? 2 : 4;
-        if (end - p < width) return tokens_error("truncated array header", marker);
-        count = (Py_ssize_t)big_endian(p, width);
-        p += width;
-    } else {
-        return tokens_error("token_ids is not an array, msgpack marker", marker);
-    }
+    Py_ssize_t count = kv_msgpack_array_len(&p, end);
+    if (count < 0) return -1;
     if (out != NULL && count > cap) return tokens_error("more token ids than expected", count);
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (p >= end) return tokens_error("truncated token_ids at index", i);
-        uint8_t m = *p++;
-        uint64_t value;
-        int width = 0;
-        int is_signed = 0;
-        if (m <= 0x7f) {
-            value = m;
-        } else if (m >= 0xe0) {
-            return tokens_error("negative token id", (int8_t)m);
+        /* the encodings every publisher uses: fixint, uint16, uint32 (msgpack's shortest) */
+        uint32_t value;
+        if (p < end && *p < 0x80) {
+            value = *p++;
+        } else if (end - p >= 3 && *p == 0xcd) {
+            value = (uint32_t)p[1] << 8 | p[2];
+            p += 3;
+        } else if (end - p >= 5 && *p == 0xce) {
+            value = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+            p += 5;
         } else {
-            switch (m) {
-                case 0xcc: width = 1; break;
-                case 0xcd: width = 2; break;
-                case 0xce: width = 4; break;
-                case 0xcf: width = 8; break;
-                case 0xd0: width = 1; is_signed = 1; break;
-                case 0xd1: width = 2; is_signed = 1; break;
-                case 0xd2: width = 4; is_signed = 1; break;
-                case 0xd3: width = 8; is_signed = 1; break;
-                default: return tokens_error("token id is not an int, msgpack marker", m);
-            }
-            if (end - p < width) return tokens_error("truncated token id at index", i);
-            value = big_endian(p, width);
-            p += width;
-            if (is_signed && (value >> (8 * width - 1)) & 1) {
-                return tokens_error("negative token id at index", i);
-            }
+            if (p >= end) return tokens_error("truncated token_ids at index", i);
+            int64_t odd = odd_token(&p, end, i);
+            if (odd < 0) return -1;
+            value = (uint32_t)odd;
         }
-        if (value >= TOKEN_LIMIT) return tokens_error("token id >= 2^32 at index", i);
-        if (out != NULL) out[i] = (uint32_t)value;
+        if (out != NULL) out[i] = value;
     }
     if (p != end) return tokens_error("bytes after the token_ids array", end - p);
     return count;
@@ -142,11 +156,16 @@ Py_ssize_t kv_tokens_of(PyObject *token_ids, uint32_t **out) {
     if (PyBytes_Check(token_ids) || (!PySequence_Check(token_ids) && PyObject_CheckBuffer(token_ids))) {
         Py_buffer view;
         if (PyObject_GetBuffer(token_ids, &view, PyBUF_SIMPLE) < 0) return -1;
-        n = kv_tokens_from_msgpack(view.buf, view.len, NULL, 0);
+        const uint8_t *p = view.buf;
+        n = kv_msgpack_array_len(&p, p + view.len); /* to size the array: one parse below */
         if (n >= 0) {
             *out = PyMem_Malloc((size_t)(n + 1) * sizeof(uint32_t));
             if (*out == NULL) n = -1, PyErr_NoMemory();
-            else kv_tokens_from_msgpack(view.buf, view.len, *out, n);
+            else if (kv_tokens_from_msgpack(view.buf, view.len, *out, n) < 0) {
+                n = -1;
+                PyMem_Free(*out);
+                *out = NULL;
+            }
         }
         PyBuffer_Release(&view);
         return n;

@@ -6,12 +6,8 @@
  * an empty cell (block keys are never 0, see kv_block_key). */
 #include "native.h"
 
-#define GOLDEN 0x9E3779B97F4A7C15ULL /* multiplicative hashing: engine hashes may be small ints */
 #define MIN_BITS 3
-
-static inline uint32_t home(uint64_t hash, uint32_t bits) {
-    return (uint32_t)((hash * GOLDEN) >> (64 - bits));
-}
+#define home kv_map_home
 
 uint64_t kv_map_get(const KvMap *map, uint64_t hash) {
     if (map->cells == NULL) return 0;
