@@ -1,11 +1,18 @@
 """The prefix index's values: limits, endpoint context, query, answers, outcome, stats. Pure.
 
-Plain frozen values shared by ``kvsync.index`` (which re-exports them: import them from there)
-and its callers (handler, API, runtime). No logic beyond a derived field or two; raises nothing.
+Plain values shared by ``kvsync.index`` (which re-exports them: import them from there) and its
+callers (handler, API, runtime). No logic beyond a derived field or two; raises nothing.
+
+The values built per apply or per lookup (``Query``, ``Match``, ``MatchResult``,
+``ApplyOutcome``) are msgspec Structs, the others dataclasses: a Struct is built in C (about
+0.06 us), a frozen dataclass sets each field through ``object.__setattr__`` (about 0.55 us for
+``Match``'s five), and a lookup builds one ``Match`` per endpoint that matched.
 """
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import msgspec
 
 from kvsync.model import EndpointId
 
@@ -37,8 +44,7 @@ class EndpointContext:
     lora_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(msgspec.Struct, frozen=True):
     """A lookup: the request's tokens and what selects the context (``lora_name`` wins over
     ``lora_id``). ``pods`` keeps only those pods (every dp rank); None means all."""
 
@@ -50,9 +56,11 @@ class Query:
     pods: frozenset[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One endpoint's answer: leading query blocks it holds, contiguously from block 0."""
+class Match(msgspec.Struct, frozen=True, gc=False):
+    """One endpoint's answer: leading query blocks it holds, contiguously from block 0.
+
+    Not tracked by the garbage collector (``gc=False``): its fields cannot lead back to it.
+    """
 
     endpoint: EndpointId
     matched_blocks: int
@@ -65,8 +73,7 @@ class Match:
         return self.matched_blocks * self.block_size
 
 
-@dataclass(frozen=True, slots=True)
-class MatchResult:
+class MatchResult(msgspec.Struct, frozen=True):
     """``matches`` sorted by score, matched blocks (descending), then pod and dp rank."""
 
     block_size: int
@@ -78,18 +85,18 @@ class MatchResult:
         return 100 * match.matched_blocks // self.query_blocks if self.query_blocks else 0
 
 
-@dataclass(slots=True)
-class ApplyOutcome:
-    """What one ``apply`` did, for the caller to count and log."""
+class ApplyOutcome(msgspec.Struct):
+    """What one ``apply`` did, for the caller to count and log (each dict is its own: msgspec
+    copies an empty mutable default per instance)."""
 
     stored_blocks: int = 0  # blocks an endpoint did not hold before
     removed_blocks: int = 0  # blocks an endpoint no longer holds in any copy
     cleared: int = 0  # AllBlocksCleared events
-    events: dict[str, int] = field(default_factory=dict)  # by type name
-    rejected: dict[str, int] = field(default_factory=dict)  # events by reason
+    events: dict[str, int] = {}  # by type name
+    rejected: dict[str, int] = {}  # events by reason
     rejected_blocks: int = 0  # blocks of rejected events
     unknown_removed: int = 0  # removals of hashes the endpoint does not hold (joined late)
-    evicted: dict[str, int] = field(default_factory=dict)  # by reason, during this apply
+    evicted: dict[str, int] = {}  # by reason, during this apply
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ keys come from decoded events and valid queries.
   ``evictions``; per-context capacity eviction (``max_keys``) is the index's.
 """
 
+import math
 from collections import OrderedDict
 from heapq import heappop, heappush
 
@@ -35,8 +36,14 @@ class ContextRegistry:
         self._slot_of: dict[EndpointId, int] = {}
         self._endpoint_at: list[EndpointId | None] = []
         self._free: list[int] = []  # freed slots, smallest reused first: masks stay small
+        self._rank: list[int] | None = None  # slot -> its endpoint's place in EndpointId order
         self._pod_mask: dict[str, int] = {}
         self._in: dict[int, set[ContextKey]] = {}  # slot -> contexts it stored into
+        # At or below every context's last_used, so _expire can tell from one comparison that
+        # nothing is idle (it only looks at the least recently used context, but ``now`` may go
+        # back, so that one is not always the oldest stamp). Every stamp is the ``now`` of an
+        # apply or match, which lowers the floor to it first. A NaN stamp makes it -inf.
+        self._stamp_floor = math.inf
 
     def expire(self, now: float) -> dict[str, int]:
         """Drop contexts idle (no event, no lookup) for ``idle_ttl_seconds``; blocks by reason.
@@ -55,7 +62,7 @@ class ContextRegistry:
             return 0
         dropped = self._clear(slot)
         self._in.pop(slot, None)
-        self._endpoint_at[slot] = None
+        self._endpoint_at[slot] = None  # ranks stay right: a freed slot holds nothing to order
         mask = self._pod_mask[endpoint.pod] & ~(1 << slot)
         if mask:
             self._pod_mask[endpoint.pod] = mask
@@ -83,8 +90,20 @@ class ContextRegistry:
                 slot = len(self._endpoint_at)
                 self._endpoint_at.append(endpoint)
             self._slot_of[endpoint] = slot
+            self._rank = None
             self._pod_mask[endpoint.pod] = self._pod_mask.get(endpoint.pod, 0) | 1 << slot
         return slot
+
+    def _ranks(self) -> list[int]:
+        """Per slot, where its endpoint comes in EndpointId order (a freed slot: anywhere), so
+        lookups order their answers by comparing ints; recomputed once a slot is (re)assigned."""
+        rank = self._rank
+        if rank is None:
+            rank = self._rank = [0] * len(self._endpoint_at)
+            live = sorted((e, slot) for slot, e in enumerate(self._endpoint_at) if e is not None)
+            for position, (_, slot) in enumerate(live):
+                rank[slot] = position
+        return rank
 
     def _new_context(self, ctx_key: ContextKey, now: float, evicted: dict[str, int]) -> Context:
         while len(self._contexts) >= self.limits.max_contexts:
@@ -104,14 +123,29 @@ class ContextRegistry:
         if not sizes:
             del self._sizes[ctx_key[:2]]
 
+    def _lower_floor(self, stamp: float) -> None:
+        """Keep ``_stamp_floor`` at or below ``stamp`` (a NaN one: -inf, below everything)."""
+        floor = self._stamp_floor
+        if not stamp >= floor:
+            self._stamp_floor = stamp if stamp < floor else -math.inf
+
     def _expire(self, now: float, evicted: dict[str, int]) -> None:
+        if not now >= self._stamp_floor:  # match stamps contexts after expiring
+            self._lower_floor(now)
         deadline = now - self.limits.idle_ttl_seconds
-        while self._contexts:
-            ctx_key, ctx = next(iter(self._contexts.items()))
+        if deadline < self._stamp_floor:
+            return  # every context was used after the deadline: the usual case, no walk
+        contexts = self._contexts
+        while contexts:
+            ctx_key, ctx = next(iter(contexts.items()))
             if ctx.last_used > deadline:
-                return
+                break
             self._count("idle_ttl", len(ctx.table), evicted)
             self._drop_context(ctx_key)
+        self._stamp_floor = math.inf
+        for ctx in contexts.values():
+            self._lower_floor(ctx.last_used)
+        self._lower_floor(now)  # match stamps contexts with it next
 
     def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
         if n:

@@ -77,6 +77,25 @@ UNKNOWN_PARENT: Final = "unknown_parent"
 STORED: Final = "BlockStored"
 REMOVED: Final = "BlockRemoved"
 CLEARED: Final = "AllBlocksCleared"
+_OTHER: Final = "other"  # not an event the index knows: it ends a run of removals, no more
+
+# The kind (one of the names above) by event class, filled as classes are met: decoded events
+# are wire subclasses of the model's records, and one dict lookup costs half an isinstance.
+_KINDS: dict[type, str] = {}
+
+
+def _kind(cls: type) -> str:
+    kind = (
+        REMOVED
+        if issubclass(cls, BlockRemoved)
+        else STORED
+        if issubclass(cls, BlockStored)
+        else CLEARED
+        if issubclass(cls, AllBlocksCleared)
+        else _OTHER
+    )
+    _KINDS[cls] = kind
+    return kind
 
 
 class PrefixIndex(ContextRegistry):
@@ -101,37 +120,57 @@ class PrefixIndex(ContextRegistry):
     ) -> ApplyOutcome:
         """Apply one batch's events of ``endpoint`` in order."""
         out = ApplyOutcome()
-        slot = self._slot(endpoint)
+        if not now >= self._stamp_floor:  # before any context is stamped with ``now``
+            self._lower_floor(now)
+        slot = self._slot_of.get(endpoint)
+        if slot is None:
+            slot = self._slot(endpoint)
+        kinds = _KINDS
         n_stored = n_removed = 0
         # Consecutive removals of one copy are applied as one run: vLLM's GPU pool sends one
         # BlockRemoved per evicted hash, the most events, so the per-event work is paid once.
         run: list[int] = []
         run_copy = PLAIN
         for event in events:
-            if isinstance(event, BlockRemoved):
+            kind = kinds.get(type(event)) or _kind(type(event))
+            if kind is REMOVED:
+                # ``kind`` says what the event is; an annotation costs nothing, a cast() a call
+                removal: BlockRemoved = event  # type: ignore[assignment]
                 n_removed += 1
-                copy = (event.medium or GPU, event.group_idx or 0)
-                if copy != run_copy:
+                medium, group = removal.medium, removal.group_idx
+                # PLAIN itself for (GPU or None, 0 or None): no tuple, and an identity test
+                if (not medium or medium == GPU) and not group:
+                    copy = PLAIN
+                else:
+                    copy = (medium or GPU, group or 0)
+                if copy is not run_copy and copy != run_copy:
                     if run:
                         self._removed(slot, run, run_copy, now, out)
                         run = []
                     run_copy = copy
-                run += contexts.u64s(event.block_hashes)
+                hashes = removal.block_hashes
+                if hashes and type(hashes[0]) is int and type(hashes[-1]) is int:
+                    run += hashes  # type: ignore[arg-type]  # ints: one type per list
+                else:
+                    run += contexts.u64s(hashes)
                 continue
             if run:
                 self._removed(slot, run, run_copy, now, out)
                 run = []
-            if isinstance(event, BlockStored):
+            if kind is STORED:
                 n_stored += 1
-                self._stored(slot, context, event, now, out)
-            elif isinstance(event, AllBlocksCleared):
+                self._stored(slot, context, event, now, out)  # type: ignore[arg-type]
+            elif kind is CLEARED:
                 out.removed_blocks += self._clear(slot)
                 out.cleared += 1
         if run:
             self._removed(slot, run, run_copy, now, out)
-        for name, n in ((STORED, n_stored), (REMOVED, n_removed), (CLEARED, out.cleared)):
-            if n:
-                out.events[name] = n
+        if n_stored:
+            out.events[STORED] = n_stored
+        if n_removed:
+            out.events[REMOVED] = n_removed
+        if out.cleared:
+            out.events[CLEARED] = out.cleared
         self._expire(now, out.evicted)
         return out
 
@@ -145,11 +184,14 @@ class PrefixIndex(ContextRegistry):
         if adapter is None:
             adapter = event.lora_id if event.lora_id is not None else ec.lora_id
         ctx_key = (ec.model, adapter, event.block_size)
-        ctx = self._contexts.get(ctx_key)
+        by_key = self._contexts
+        ctx = by_key.get(ctx_key)
         parent = keys.ROOT
-        if event.parent_block_hash is not None:
-            parent_hash = contexts.u64(event.parent_block_hash)
-            found = None if ctx is None else ctx.resolve(slot, parent_hash)
+        parent_hash = event.parent_block_hash
+        if parent_hash is not None:
+            if type(parent_hash) is not int:
+                parent_hash = contexts.u64(parent_hash)
+            found = None if ctx is None else ctx.table.resolve(slot, parent_hash)
             if found is None:
                 out.rejected[UNKNOWN_PARENT] = out.rejected.get(UNKNOWN_PARENT, 0) + 1
                 out.rejected_blocks += n_blocks
@@ -158,17 +200,27 @@ class PrefixIndex(ContextRegistry):
         if ctx is None:
             ctx = self._new_context(ctx_key, now, out.evicted)
         else:
-            self._contexts.move_to_end(ctx_key)
+            by_key.move_to_end(ctx_key)
             ctx.last_used = now
         extras = None
-        if event.extra_keys is not None and any(event.extra_keys):
-            extras = [keys.normalise_extras(e, event.lora_name) for e in event.extra_keys]
-        copy = (event.medium or GPU, event.group_idx or 0)
+        extra_keys = event.extra_keys
+        if extra_keys is not None and any(extra_keys):
+            extras = [keys.normalise_extras(e, event.lora_name) for e in extra_keys]
         hashes = contexts.u64s(event.block_hashes)
-        out.stored_blocks += ctx.store(
-            slot, parent, hashes, event.token_ids, extras=extras, copy=copy
-        )
-        self._in.setdefault(slot, set()).add(ctx_key)
+        medium, group = event.medium, event.group_idx
+        if (not medium or medium == GPU) and not group and not ctx.copies:
+            # Context.store's common case without its call: the whole store in C
+            out.stored_blocks += ctx.table.store(slot, parent, hashes, event.token_ids, extras)
+        else:
+            copy = (medium or GPU, group or 0)
+            out.stored_blocks += ctx.store(
+                slot, parent, hashes, event.token_ids, extras=extras, copy=copy
+            )
+        stored_into = self._in.get(slot)
+        if stored_into is None:
+            self._in[slot] = {ctx_key}
+        else:
+            stored_into.add(ctx_key)
         limit = self.limits.max_keys_per_context
         if len(ctx.table) > limit:
             evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK))
@@ -178,16 +230,19 @@ class PrefixIndex(ContextRegistry):
         self, slot: int, engine_hashes: list[int], copy: Copy, now: float, out: ApplyOutcome
     ) -> None:
         by_key = self._contexts
-        mine = [(k, by_key[k]) for k in self._in.get(slot, ())]
-        if len(mine) == 1 and copy == PLAIN and not mine[0][1].copies:  # the common case
-            ctx_key, ctx = mine[0]
-            removed, missing = ctx.remove_plain(slot, engine_hashes)
-            out.removed_blocks += removed
-            out.unknown_removed += len(missing)
-            if len(missing) < len(engine_hashes):
-                by_key.move_to_end(ctx_key)
-                ctx.last_used = now
-            return
+        stored_into = self._in.get(slot, ())
+        if len(stored_into) == 1 and copy == PLAIN:  # the common case
+            (ctx_key,) = stored_into
+            ctx = by_key[ctx_key]
+            if not ctx.copies:
+                removed, missing = ctx.table.remove_plain(slot, engine_hashes)
+                out.removed_blocks += removed
+                out.unknown_removed += len(missing)
+                if len(missing) < len(engine_hashes):
+                    by_key.move_to_end(ctx_key)
+                    ctx.last_used = now
+                return
+        mine = [(k, by_key[k]) for k in stored_into]
         for engine_hash in engine_hashes:
             for ctx_key, ctx in mine:
                 key = ctx.resolve(slot, engine_hash)
@@ -214,6 +269,8 @@ class PrefixIndex(ContextRegistry):
             allowed = 0
             for pod in query.pods:
                 allowed |= self._pod_mask.get(pod, 0)
+        weights, other = self.medium_weights, self.other_medium_weight
+        gpu_weight = weights.get(GPU, other)
         best: dict[int, Match] = {}
         for bs in sizes:
             ctx_key = (query.model, adapter, bs)
@@ -221,8 +278,12 @@ class PrefixIndex(ContextRegistry):
             self._contexts.move_to_end(ctx_key)
             ctx.last_used = now
             runs, odd = lookup.walk(ctx, query.token_ids, query.cache_salt, allowed)
-            found = self._matches(ctx.block_size, runs, odd)
-            if not best:  # one block size: the usual case, nothing to merge
+            if not odd and len(sizes) == 1 and gpu_weight >= 0:  # the usual case
+                ranks = self._ranks()
+                matches = lookup.plain_answers(bs, runs, gpu_weight, self._endpoint_at, ranks)
+                return MatchResult(bs, len(query.token_ids) // bs, matches)
+            found = lookup.answers(bs, runs, odd, self._endpoint_at, weights=weights, other=other)
+            if not best:  # the first block size: nothing to merge
                 best = found
                 continue
             for slot, match in found.items():
@@ -232,25 +293,6 @@ class PrefixIndex(ContextRegistry):
                     old.score,
                 ):
                     best[slot] = match
-        # EndpointId is (pod, dp_rank): ordering by it orders by pod, then rank
-        matches = sorted(best.values(), key=lambda m: (-m.score, -m.matched_blocks, m.endpoint))
+        matches = lookup.ordered(best, self._ranks())
         bs = matches[0].block_size if matches else sizes[0]
         return MatchResult(bs, len(query.token_ids) // bs, matches)
-
-    def _matches(
-        self, block_size: int, runs: dict[int, int], odd: list[tuple[int, dict[Copy, int]]]
-    ) -> dict[int, Match]:
-        """Per slot with a run, its Match."""
-        result = {}
-        weights, other = self.medium_weights, self.other_medium_weight
-        gpu_weight = weights.get(GPU, other)
-        first_odd = odd[0][0] if odd else -1
-        for slot, run in runs.items():
-            endpoint = self._endpoint_at[slot]
-            if run and endpoint is not None:  # None cannot happen: a holding slot has one
-                if first_odd < 0 or first_odd >= run:  # lookup.score's common case, inlined
-                    score, by_medium = run * gpu_weight, {GPU: run}
-                else:
-                    score, by_medium = lookup.score(slot, run, odd, weights, other)
-                result[slot] = Match(endpoint, run, score, by_medium, block_size)
-        return result

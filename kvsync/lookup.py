@@ -1,4 +1,4 @@
-"""The longest-prefix walk over one context, and the per-endpoint score. Pure.
+"""The longest-prefix walk over one context, the per-endpoint score, the answers in order. Pure.
 
 Called by ``kvsync.index.PrefixIndex.match`` under the callers' lock; reads the context only.
 Raises nothing for valid token ids (``OverflowError`` from the C walk otherwise).
@@ -9,20 +9,29 @@ mask into the set of endpoints still matching; an endpoint's run ends at the fir
 not hold, even if another endpoint holds it. Most blocks have only the plain
 copy (GPU, group 0), so the walk notes just the few blocks with other copies, and scoring is
 one multiplication per endpoint unless its run covers one of those.
+
+Answers are ordered by score, then matched blocks (descending), then endpoint (EndpointId is
+(pod, dp_rank): by pod, then rank), through the index's ``ranks`` (per slot, its endpoint's
+place in that order): two stable sorts on C key functions, the first comparing ints, instead of
+one on a Python key (16 answers: 2.8 against 4.7 us). Scores are finite: weights are.
 """
 
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Final
 
 from kvsync import keys
+from kvsync.answers import Match
 from kvsync.contexts import Context, Copy
-from kvsync.model import GPU
+from kvsync.model import GPU, EndpointId
 
 OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium the weights do not name (STORAGE, DISK, ...)
 ANY_MEDIUM: Final = "*"  # the key of a weights mapping that overrides OTHER_MEDIUM_WEIGHT
 
 # (block position, its full copy breakdown) for matched blocks with a non-plain copy
 OddBlocks = list[tuple[int, dict[Copy, int]]]
+Endpoints = Sequence[EndpointId | None]  # by slot (None: a free slot, never a holder)
+_BY_SCORE_BLOCKS: Final = attrgetter("score", "matched_blocks")
 
 
 def walk(
@@ -63,3 +72,50 @@ def score(
     if not by_medium[GPU]:
         del by_medium[GPU]
     return sum(n * weights.get(m, other) for m, n in best.items() if n), by_medium
+
+
+def answers(
+    block_size: int,
+    runs: dict[int, int],
+    odd: OddBlocks,
+    endpoints: Endpoints,
+    *,
+    weights: Mapping[str, float],
+    other: float,
+) -> dict[int, Match]:
+    """Per slot with a run, its Match."""
+    result = {}
+    gpu_weight = weights.get(GPU, other)
+    first_odd = odd[0][0] if odd else -1
+    for slot, run in runs.items():
+        endpoint = endpoints[slot]
+        if run and endpoint is not None:  # None cannot happen: a holding slot has one
+            if first_odd < 0 or first_odd >= run:  # score's common case, inlined
+                result[slot] = Match(endpoint, run, run * gpu_weight, {GPU: run}, block_size)
+            else:
+                found, by_medium = score(slot, run, odd, weights, other)
+                result[slot] = Match(endpoint, run, found, by_medium, block_size)
+    return result
+
+
+def ordered(best: dict[int, Match], ranks: Sequence[int]) -> list[Match]:
+    """The matches of ``best`` (by slot) in answer order."""
+    matches = [best[slot] for slot in sorted(best, key=ranks.__getitem__)]  # by endpoint
+    matches.sort(key=_BY_SCORE_BLOCKS, reverse=True)  # stable: ties stay by endpoint
+    return matches
+
+
+def plain_answers(
+    block_size: int, runs: dict[int, int], weight: float, endpoints: Endpoints, ranks: Sequence[int]
+) -> list[Match]:
+    """``ordered(answers(...))`` for a walk that met only plain copies: each score is run x
+    ``weight`` (>= 0), so ordering by run orders by score, then by matched blocks, and the
+    answers are built in order without comparing any (16 answers: 4.0 against 5.9 us)."""
+    slots = sorted(runs, key=ranks.__getitem__)  # by endpoint
+    slots.sort(key=runs.__getitem__, reverse=True)  # stable: ties stay by endpoint
+    return [
+        Match(endpoint, run, run * weight, {GPU: run}, block_size)
+        for slot in slots
+        # a holding slot always has an endpoint: the test keeps ``endpoint`` typed
+        if (run := runs[slot]) and (endpoint := endpoints[slot]) is not None
+    ]

@@ -21,7 +21,7 @@ Raw counts bytes, not tokens. Build the field with ``encode_tokens(ids)``; read 
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, NamedTuple, cast
+from typing import Annotated, Any, Final, NamedTuple
 
 import msgspec
 
@@ -65,14 +65,6 @@ class Endpoint:
     generation: str = ""
 
 
-def _uint64(hashes: list[EngineHash]) -> None:
-    """Normalise signed int64 hashes in place (bytes and non-negative ints are left alone)."""
-    if hashes and type(hashes[0]) is int:
-        ints = cast(list[int], hashes)  # a list mixing ints and bytes fails in min(): rejected
-        if min(ints) < 0:
-            hashes[:] = [h & UINT64_MASK for h in ints]
-
-
 class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False):
     """A chain of full blocks entered the prefix cache; fields in vLLM's declaration order."""
 
@@ -88,7 +80,8 @@ class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False)
     kv_cache_spec_kind: str | None = None
 
     def __post_init__(self) -> None:
-        n_blocks = len(self.block_hashes)
+        hashes: list[Any] = self.block_hashes  # ints or bytes: min() below tells a mix
+        n_blocks = len(hashes)
         # ValueError "tokens: ..." unless a msgpack array of ints in [0, 2^32)
         count = _native.token_count(self.token_ids)
         if count != n_blocks * self.block_size:
@@ -97,7 +90,10 @@ class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False)
             )
         if self.extra_keys is not None and len(self.extra_keys) != n_blocks:
             raise ValueError(f"{len(self.extra_keys)} extra_keys entries for {n_blocks} blocks")
-        _uint64(self.block_hashes)
+        # Signed int64 hashes to uint64 in place, inline: a helper call per event cost more
+        # than the check. A list mixing ints and bytes fails in min(): the event is rejected.
+        if n_blocks and type(hashes[0]) is int and min(hashes) < 0:
+            hashes[:] = [h & UINT64_MASK for h in hashes]
         parent = self.parent_block_hash
         if type(parent) is int and parent < 0:
             self.parent_block_hash = parent & UINT64_MASK
@@ -125,7 +121,16 @@ class BlockRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", gc=Fals
     group_idx: int | None = None
 
     def __post_init__(self) -> None:
-        _uint64(self.block_hashes)
+        # BlockStored's normalisation, inline. Most removals name one hash (vLLM's GPU pool
+        # sends one event per evicted block): a comparison does there, min() (a call) only for
+        # longer lists, where it also rejects a list mixing ints and bytes.
+        hashes: list[Any] = self.block_hashes
+        if hashes and type(first := hashes[0]) is int:
+            if len(hashes) == 1:
+                if first < 0:
+                    hashes[0] = first & UINT64_MASK
+            elif min(hashes) < 0:
+                hashes[:] = [h & UINT64_MASK for h in hashes]
 
 
 class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", tag_field="type", gc=False):
@@ -144,9 +149,12 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """One published batch: everything an engine reported in one scheduler step."""
+class Batch(msgspec.Struct, frozen=True):
+    """One published batch: everything an engine reported in one scheduler step.
+
+    A frozen Struct rather than a frozen dataclass: built once per frame, in C (about 0.06 us
+    against 0.6 us for the dataclass's field-by-field ``object.__setattr__``).
+    """
 
     seq: int
     ts: float

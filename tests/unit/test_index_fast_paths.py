@@ -1,12 +1,15 @@
 """PrefixIndex fast paths answer exactly what the general paths answer.
 
-The index applies consecutive plain removals as one run (``Context.remove_plain``) and builds
-the answer of a one-block-size lookup without merging; both must be invisible from outside:
-the same outcome counts, stats, holdings and lookups as one event per batch.
+The index applies consecutive plain removals as one run (``Context.remove_plain``), builds the
+answers of a one-block-size lookup over plain copies already in order (by endpoint rank, not
+by comparing answers) and skips the idle-expiry walk while no context can be idle; all must be
+invisible from outside: the same outcome counts, stats, holdings and lookups as one event per
+batch, the contract's answer order, and expiry on time even when ``now`` goes back.
 """
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -124,3 +127,40 @@ def test_removing_a_capacity_evicted_block_is_neither_removed_nor_unknown() -> N
     out = index.apply(A, LLAMA, [BlockRemoved([evicted_leaf])], 0.0)
     assert (out.removed_blocks, out.unknown_removed) == (0, 0)
     assert index.stats().engine_hashes == before - 1
+
+
+@pytest.mark.parametrize("cpu", [False, True])  # True: a CPU copy takes the general path
+def test_answers_come_in_contract_order_whatever_the_slots(cpu: bool) -> None:
+    index = PrefixIndex()
+    z, b1, first = EndpointId("default/pod-z"), EndpointId("default/pod-b", 1), EndpointId("0")
+    full = BlockStored(chain_hashes(0), None, encode_tokens(chain_tokens(0)), BS)
+    for endpoint in (z, A, b1):  # slots 0, 1, 2: not the endpoints' order
+        index.apply(endpoint, LLAMA, [full], 0.0)
+    half = BlockStored(chain_hashes(0)[:3], None, encode_tokens(chain_tokens(0, 3)), BS)
+    index.apply(B, LLAMA, [half], 0.0)
+    before = index.match(Query("llama", chain_tokens(0)), 0.0)
+    assert [m.endpoint for m in before.matches] == [A, b1, z, B]
+    index.drop_endpoint(z)
+    index.apply(first, LLAMA, [full], 0.0)  # takes z's slot 0, and comes first
+    if cpu:
+        event = BlockStored(chain_hashes(0), None, encode_tokens(chain_tokens(0)), BS, medium="CPU")
+        index.apply(A, LLAMA, [event], 0.0)
+    result = index.match(Query("llama", chain_tokens(0)), 0.0)
+    assert [(m.endpoint, m.matched_blocks, m.score) for m in result.matches] == [
+        (first, 6, 6.0),
+        (A, 6, 6.0),
+        (b1, 6, 6.0),
+        (B, 3, 3.0),
+    ]
+
+
+def test_idle_expiry_stays_on_time_when_now_goes_back() -> None:
+    index = PrefixIndex(Limits(idle_ttl_seconds=60))
+    event = BlockStored(chain_hashes(0), None, encode_tokens(chain_tokens(0)), BS)
+    index.apply(A, LLAMA, [event], 200.0)
+    assert index.apply(B, LLAMA, [], 100.0).evicted == {}  # an earlier clock: nothing idle
+    # This lookup looks for idle contexts (none: last used at 200), then marks its context
+    # used at 180, earlier than before; 60 s after that it is idle.
+    assert index.match(Query("llama", chain_tokens(0)), 180.0).matches
+    assert index.apply(B, LLAMA, [], 239.0).evicted == {}
+    assert index.apply(B, LLAMA, [], 245.0).evicted == {"idle_ttl": CHAIN_BLOCKS}
