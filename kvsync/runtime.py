@@ -26,7 +26,7 @@ from typing import Final
 
 import structlog
 
-from kvsync import api, index, informer, metrics, priority, schemas, server, static
+from kvsync import api, index, informer, metrics, schemas, server, static
 from kvsync.config import Settings
 from kvsync.errors import ConfigError
 from kvsync.ingest import IngestSettings, ReplaySettings
@@ -74,7 +74,6 @@ class Daemon:
         self.stopping = threading.Event()
         self.http_crashed = threading.Event()
         self.lock = threading.Lock()
-        self.lookups_first = priority.LookupsFirst()
         self.index = index.PrefixIndex(
             index.Limits(
                 max_contexts=settings.max_contexts,
@@ -95,7 +94,7 @@ class Daemon:
                 handler=handler_settings, sweep_interval_s=settings.eviction_interval_seconds
             ),
             on_lag=metrics.EVENT_LAG.observe,
-            on_lock=self._after_ingest_write,
+            on_lock=_observe_ingest_lock,
         )
         self.discovery: static.StaticDiscovery | informer.Informer
         if settings.discovery == "static":
@@ -107,20 +106,18 @@ class Daemon:
             self.discovery = informer.Informer(
                 informer.api_client(), self.ingest, self._informer_options()
             )
-        app = self.lookups_first.wrap(
-            api.create_app(
-                api.Api(
-                    reader=api.IndexReader(self.index, self.lock),
-                    pods=lambda: schemas.pod_rows(self.ingest.snapshot(), time.monotonic()),
-                    event_age=self._event_age,
-                    health=self,
-                    registry=metrics.registry(self.metrics_snapshot),
-                    settings=api.ApiSettings(
-                        max_body_bytes=settings.max_body_bytes,
-                        max_query_tokens=settings.max_query_tokens,
-                        api_token=read_token(settings),
-                    ),
-                )
+        app = api.create_app(
+            api.Api(
+                reader=api.IndexReader(self.index, self.lock),
+                pods=lambda: schemas.pod_rows(self.ingest.snapshot(), time.monotonic()),
+                event_age=self._event_age,
+                health=self,
+                registry=metrics.registry(self.metrics_snapshot),
+                settings=api.ApiSettings(
+                    max_body_bytes=settings.max_body_bytes,
+                    max_query_tokens=settings.max_query_tokens,
+                    api_token=read_token(settings),
+                ),
             )
         )
         self.http = server.HttpServer(
@@ -154,10 +151,6 @@ class Daemon:
         if self.stopping.is_set():
             return "stopping"
         return "initial discovery not synced"
-
-    def _after_ingest_write(self, wait_s: float, hold_s: float) -> None:
-        _observe_ingest_lock(wait_s, hold_s)
-        self.lookups_first.after_batch()
 
     # -- metrics ------------------------------------------------------------------------
 
