@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install lint types arch unit test demo bench e2e chart clean
+.PHONY: install lint types arch unit test sanitize demo bench e2e chart clean
 
 # The editable install also builds the C extension kvsync._native, in place (kvsync/_native*.so
 # beside the Python sources, where the editable finder imports it from). setuptools goes into the
@@ -46,6 +46,11 @@ unit: install
 
 test: lint types arch
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# The C extension under AddressSanitizer + UndefinedBehaviorSanitizer, with the tests that drive
+# it (scripts/sanitize.sh).
+sanitize: install
+	PY=$(PY) bash scripts/sanitize.sh
 
 # Helm chart and image checks with the real tools (helm, kubernetes-validate, hadolint), installed
 # into ~/.cache/kvsync-test by scripts/tools.sh. A failed install fails here (in `make test` the
