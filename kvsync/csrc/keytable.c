@@ -7,22 +7,24 @@
 uint32_t kt_find(const KvTable *t, uint64_t key) {
     if (t->buckets == NULL) return NIL;
     uint32_t mask = (1u << t->bucket_bits) - 1;
+    uint32_t fingerprint = kt_fingerprint(key);
     for (uint32_t i = home(key, t->bucket_bits);; i = (i + 1) & mask) {
-        uint32_t b = t->buckets[i];
+        uint64_t b = t->buckets[i];
         if (b == 0) return NIL;
-        if (*kt_record(t, b - 1) == key) return b - 1;
+        uint32_t idx = (uint32_t)b - 1;
+        if ((uint32_t)(b >> 32) == fingerprint && *kt_record(t, idx) == key) return idx;
     }
 }
 
-static void place(uint32_t *buckets, uint32_t bits, uint64_t key, uint32_t idx) {
+static void place(uint64_t *buckets, uint32_t bits, uint64_t key, uint32_t idx) {
     uint32_t mask = (1u << bits) - 1;
     uint32_t i = home(key, bits);
     while (buckets[i] != 0) i = (i + 1) & mask;
-    buckets[i] = idx + 1;
+    buckets[i] = (uint64_t)kt_fingerprint(key) << 32 | (idx + 1);
 }
 
 static int rebucket(KvTable *t, uint32_t bits) {
-    uint32_t *buckets = PyMem_Calloc((size_t)1 << bits, sizeof(uint32_t));
+    uint64_t *buckets = PyMem_Calloc((size_t)1 << bits, sizeof(uint64_t));
     if (buckets == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -39,9 +41,13 @@ static int rebucket(KvTable *t, uint32_t bits) {
 static void unbucket(KvTable *t, uint64_t key) {
     uint32_t mask = (1u << t->bucket_bits) - 1;
     uint32_t i = home(key, t->bucket_bits);
-    while (*kt_record(t, t->buckets[i] - 1) != key) i = (i + 1) & mask;
+    uint32_t fingerprint = kt_fingerprint(key);
+    while ((uint32_t)(t->buckets[i] >> 32) != fingerprint ||
+           *kt_record(t, (uint32_t)t->buckets[i] - 1) != key) {
+        i = (i + 1) & mask;
+    }
     for (uint32_t j = (i + 1) & mask; t->buckets[j] != 0; j = (j + 1) & mask) {
-        uint32_t h = home(*kt_record(t, t->buckets[j] - 1), t->bucket_bits);
+        uint32_t h = kt_bucket_home(t->buckets[j], t->bucket_bits);
         if ((j > i && (h <= i || h > j)) || (j < i && (h <= i && h > j))) {
             t->buckets[i] = t->buckets[j];
             i = j;
@@ -302,7 +308,7 @@ void kt_free(KvTable *t) {
 
 size_t kt_bytes(const KvTable *t) {
     size_t total = (size_t)t->capacity * t->stride * sizeof(uint64_t);
-    total += t->buckets == NULL ? 0 : sizeof(uint32_t) << t->bucket_bits;
+    total += t->buckets == NULL ? 0 : sizeof(uint64_t) << t->bucket_bits;
     total += (size_t)t->n_slots * (sizeof(KvMap) + sizeof(int64_t));
     for (uint32_t slot = 0; slot < t->n_slots; slot++) total += kv_map_bytes(&t->maps[slot]);
     return total;

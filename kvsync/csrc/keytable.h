@@ -4,8 +4,8 @@
  * Per block key one record in a dense array: the key, a holder bit mask of ``words`` uint64
  * (the endpoint slots holding any copy of the block), then its parent key, its present-children
  * count and its recency links. Key and mask come first, so a lookup touches one cache line
- * (8 + 8 bytes of a 40-byte record with one mask word). A bucket array of record indices finds a
- * key (linear probing, at most half full). Records are kept in recency order (least recently
+ * (8 + 8 bytes of a 40-byte record with one mask word). A bucket array (record index and a
+ * fingerprint of the key; linear probing, at most half full) finds a key. Records are kept in recency order (least recently
  * stored first) on a doubly linked list, for leaf-first capacity eviction. Per slot: an engine
  * hash -> key map (u64map.c) and the count of keys held. */
 #ifndef KVSYNC_KEYTABLE_H
@@ -33,7 +33,7 @@ typedef struct {
     uint32_t used;     /* records ever handed out (high-water mark) */
     uint32_t n_keys;
     uint32_t free_head;
-    uint32_t *buckets; /* record index + 1; 0 = empty */
+    uint64_t *buckets; /* fingerprint << 32 | (record index + 1); 0 = empty */
     uint32_t bucket_bits;
     uint32_t oldest, newest;
     KvMap *maps;     /* per slot */
@@ -42,7 +42,6 @@ typedef struct {
     int64_t dangling; /* engine entries whose key capacity eviction removed */
 } KvTable;
 
-#define GOLDEN 0x9E3779B97F4A7C15ULL /* multiplicative hashing: any key spreads evenly */
 
 static inline uint64_t *kt_record(const KvTable *t, uint32_t idx) {
     return t->records + (size_t)idx * t->stride;
@@ -51,8 +50,15 @@ static inline uint64_t *kt_mask(const KvTable *t, uint32_t idx) { return kt_reco
 static inline KvLinks *kt_links(const KvTable *t, uint32_t idx) {
     return (KvLinks *)(kt_record(t, idx) + 1 + t->words);
 }
+/* A bucket keeps the key's high 32 bits next to the record index: probing compares those and
+ * touches a record only on a likely match, and the home bucket is computed from them alone, so
+ * moving buckets (deletion) never reads a record either. */
+static inline uint32_t kt_fingerprint(uint64_t key) { return (uint32_t)(key >> 32); }
 static inline uint32_t kt_home(uint64_t key, uint32_t bits) {
-    return (uint32_t)((key * GOLDEN) >> (64 - bits));
+    return (uint32_t)(kt_fingerprint(key) * 0x9E3779B9u) >> (32 - bits);
+}
+static inline uint32_t kt_bucket_home(uint64_t bucket, uint32_t bits) {
+    return (uint32_t)((uint32_t)(bucket >> 32) * 0x9E3779B9u) >> (32 - bits);
 }
 /* Start loading the bucket of ``key``: lookups of a chain's keys overlap their cache misses. */
 static inline void kt_prefetch(const KvTable *t, uint64_t key) {
