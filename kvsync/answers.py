@@ -24,8 +24,8 @@ class Limits:
     The defaults suit a fleet of about 100 pods serving a handful of models and LoRA adapters:
     ``max_keys_per_context`` 4,000,000 covers 100 pods x 40,000 distinct 16-token blocks each
     (about 80 GiB of KV cache per pod for Llama-3-8B: GPU plus some CPU offload) before shared
-    prefixes are counted; at the measured ~90 bytes per (block, endpoint) that is about
-    0.35 GiB per context (BENCHMARKS.md, ``## Index``). Capacity eviction is a safety net for
+    prefixes are counted; at the measured ~100 bytes per (block, endpoint) that is about
+    0.4 GiB per context (BENCHMARKS.md, ``## Index``). Capacity eviction is a safety net for
     lost removals: set the limit above what the fleet's caches can hold.
     ``max_contexts`` 1,000 and ``idle_ttl_seconds`` 20 minutes are AIBrix's defaults (AIBrix
     keeps only 10,000 prefixes per context, too few for such a fleet).
