@@ -1,4 +1,5 @@
-/* One index context's tables: see keytable.h; the semantics are kvsync/contexts.py's. */
+/* One index context's tables: see keytable.h; the semantics are kvsync/contexts.py's. No Python
+ * API in here (raw allocators, no exceptions): keytable_py.c runs the writes without the GIL. */
 #include "keytable.h"
 
 #define MIN_BUCKET_BITS 4
@@ -24,15 +25,12 @@ static void place(uint64_t *buckets, uint32_t bits, uint64_t key, uint32_t idx) 
 }
 
 static int rebucket(KvTable *t, uint32_t bits) {
-    uint64_t *buckets = PyMem_Calloc((size_t)1 << bits, sizeof(uint64_t));
-    if (buckets == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    uint64_t *buckets = PyMem_RawCalloc((size_t)1 << bits, sizeof(uint64_t));
+    if (buckets == NULL) return -1;
     for (uint32_t idx = t->oldest; idx != NIL; idx = kt_links(t, idx)->newer) {
         place(buckets, bits, *kt_record(t, idx), idx);
     }
-    PyMem_Free(t->buckets);
+    PyMem_RawFree(t->buckets);
     t->buckets = buckets;
     t->bucket_bits = bits;
     return 0;
@@ -82,11 +80,8 @@ static inline void touch(KvTable *t, uint32_t idx) {
 
 static int grow_entries(KvTable *t) {
     uint32_t capacity = t->capacity ? t->capacity * 2 : 64;
-    uint64_t *records = PyMem_Realloc(t->records, (size_t)capacity * t->stride * sizeof(uint64_t));
-    if (records == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    uint64_t *records = PyMem_RawRealloc(t->records, (size_t)capacity * t->stride * sizeof(uint64_t));
+    if (records == NULL) return -1;
     t->records = records;
     t->capacity = capacity;
     return 0;
@@ -141,19 +136,16 @@ static inline int mask_empty(const KvTable *t, uint32_t idx) {
 /* Room for ``words`` mask words per record: every record is copied to the wider layout. */
 static int widen(KvTable *t, uint32_t words) {
     uint32_t stride = 1 + words + sizeof(KvLinks) / sizeof(uint64_t);
-    uint64_t *records = PyMem_Calloc((size_t)(t->capacity ? t->capacity : 1) * stride,
+    uint64_t *records = PyMem_RawCalloc((size_t)(t->capacity ? t->capacity : 1) * stride,
                                      sizeof(uint64_t));
-    if (records == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (records == NULL) return -1;
     for (uint32_t idx = 0; idx < t->used; idx++) {
         uint64_t *from = kt_record(t, idx), *to = records + (size_t)idx * stride;
         to[0] = from[0];
         memcpy(to + 1, from + 1, t->words * sizeof(uint64_t));
         memcpy(to + 1 + words, from + 1 + t->words, sizeof(KvLinks));
     }
-    PyMem_Free(t->records);
+    PyMem_RawFree(t->records);
     t->records = records;
     t->words = words;
     t->stride = stride;
@@ -164,19 +156,16 @@ int kt_ensure_slot(KvTable *t, uint32_t slot) {
     if (slot / 64 >= t->words && widen(t, slot / 64 + 1) < 0) return -1;
     if (slot < t->n_slots) return 0;
     uint32_t n = slot + 1 > t->n_slots * 2 ? slot + 1 : t->n_slots * 2;
-    KvMap *maps = PyMem_Realloc(t->maps, n * sizeof(KvMap));
-    if (maps == NULL) goto no_memory;
+    KvMap *maps = PyMem_RawRealloc(t->maps, n * sizeof(KvMap));
+    if (maps == NULL) return -1;
     t->maps = maps;
-    int64_t *counts = PyMem_Realloc(t->counts, n * sizeof(int64_t));
-    if (counts == NULL) goto no_memory;
+    int64_t *counts = PyMem_RawRealloc(t->counts, n * sizeof(int64_t));
+    if (counts == NULL) return -1;
     t->counts = counts;
     memset(&t->maps[t->n_slots], 0, (n - t->n_slots) * sizeof(KvMap));
     memset(&t->counts[t->n_slots], 0, (n - t->n_slots) * sizeof(int64_t));
     t->n_slots = n;
     return 0;
-no_memory:
-    PyErr_NoMemory();
-    return -1;
 }
 
 void kt_release(KvTable *t, uint32_t idx, uint32_t slot) {
@@ -296,10 +285,10 @@ Py_ssize_t kt_evict(KvTable *t, uint32_t target) {
 
 void kt_free(KvTable *t) {
     for (uint32_t slot = 0; slot < t->n_slots; slot++) kv_map_free(&t->maps[slot]);
-    PyMem_Free(t->maps);
-    PyMem_Free(t->counts);
-    PyMem_Free(t->records);
-    PyMem_Free(t->buckets);
+    PyMem_RawFree(t->maps);
+    PyMem_RawFree(t->counts);
+    PyMem_RawFree(t->records);
+    PyMem_RawFree(t->buckets);
     t->maps = NULL;
     t->counts = NULL;
     t->records = NULL;

@@ -70,7 +70,9 @@ int kt_ensure_slot(KvTable *t, uint32_t slot);
 static inline int kt_has(const KvTable *t, uint32_t idx, uint32_t slot) {
     return (int)(kt_mask(t, idx)[slot / 64] >> (slot % 64) & 1);
 }
-/* Keys a slot newly holds; -1 with an exception set. */
+/* The table functions use no Python API (they run without the GIL, see keytable_py.c): -1
+ * means out of memory, and the caller raises MemoryError. */
+/* Keys a slot newly holds; -1 when out of memory. */
 Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *hashes,
                     const uint64_t *keys, Py_ssize_t n);
 /* The slot stops holding ``idx`` in every copy; the key goes when no slot holds it. */

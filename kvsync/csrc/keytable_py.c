@@ -84,8 +84,16 @@ static PyObject *store_common(KvTable *t, PyObject *slot_arg, PyObject *parent_a
     uint64_t *hashes = read_u64s(hashes_arg, &n);
     if (hashes == NULL) return NULL;
     Py_ssize_t fresh = -1;
-    if (n != n_keys) PyErr_SetString(PyExc_ValueError, "one key per engine hash");
-    else fresh = kt_store(t, slot, parent, hashes, keys, n);
+    if (n != n_keys) {
+        PyErr_SetString(PyExc_ValueError, "one key per engine hash");
+    } else {
+        /* The table work without the GIL: the HTTP thread's Python runs meanwhile. Safe because
+         * every caller holds the index lock and nothing here touches a Python object. */
+        Py_BEGIN_ALLOW_THREADS
+        fresh = kt_store(t, slot, parent, hashes, keys, n);
+        Py_END_ALLOW_THREADS
+        if (fresh < 0) PyErr_NoMemory();
+    }
     PyMem_Free(hashes);
     return fresh < 0 ? NULL : PyLong_FromSsize_t(fresh);
 }
@@ -159,12 +167,13 @@ static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_
     if (read_slot(args[0], &slot) < 0) return NULL;
     uint64_t *hashes = read_u64s(args[1], &n);
     if (hashes == NULL) return NULL;
-    PyObject *missing = PyList_New(0);
-    Py_ssize_t removed = 0;
-    for (Py_ssize_t i = 0; missing != NULL && i < n; i++) {
+    Py_ssize_t removed = 0, n_missing = 0;
+    /* Without the GIL, as store_common; ``hashes`` is compacted to the unmapped ones. */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t key = slot < t->n_slots ? kv_map_pop(&t->maps[slot], hashes[i]) : 0;
         if (key == 0) {
-            if (PyList_Append(missing, PyList_GET_ITEM(args[1], i)) < 0) Py_CLEAR(missing);
+            hashes[n_missing++] = hashes[i];
             continue;
         }
         uint32_t idx = kt_find(t, key); /* absent: a dangling entry, the mapping goes anyway */
@@ -172,6 +181,13 @@ static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_
             kt_release(t, idx, slot);
             removed++;
         }
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *missing = PyList_New(n_missing);
+    for (Py_ssize_t i = 0; missing != NULL && i < n_missing; i++) {
+        PyObject *h = PyLong_FromUnsignedLongLong(hashes[i]);
+        if (h == NULL) Py_CLEAR(missing);
+        else PyList_SET_ITEM(missing, i, h);
     }
     PyMem_Free(hashes);
     if (missing == NULL) return NULL;
@@ -237,7 +253,7 @@ static PyObject *table_evict(KvTable *t, PyObject *arg) {
     unsigned long target = PyLong_AsUnsignedLong(arg);
     if (target == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     Py_ssize_t evicted = kt_evict(t, target > UINT32_MAX ? UINT32_MAX : (uint32_t)target);
-    return evicted < 0 ? NULL : PyLong_FromSsize_t(evicted);
+    return evicted < 0 ? PyErr_NoMemory() : PyLong_FromSsize_t(evicted);
 }
 
 static PyObject *table_count(KvTable *t, PyObject *arg) {

@@ -91,7 +91,8 @@ static inline void kv_map_prefetch(const KvMap *map, uint64_t hash) {
 }
 
 uint64_t kv_map_get(const KvMap *map, uint64_t hash);
-/* Returns the previous key (0 when new), or UINT64_MAX with MemoryError set. */
+/* Returns the previous key (0 when new), or UINT64_MAX when out of memory. No Python API is used
+ * by the map functions (raw allocators): they run without the GIL. */
 uint64_t kv_map_put(KvMap *map, uint64_t hash, uint64_t key);
 uint64_t kv_map_pop(KvMap *map, uint64_t hash);
 void kv_map_free(KvMap *map);

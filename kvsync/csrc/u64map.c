@@ -20,11 +20,8 @@ uint64_t kv_map_get(const KvMap *map, uint64_t hash) {
 }
 
 static int resize(KvMap *map, uint32_t bits) {
-    KvCell *cells = PyMem_Calloc((size_t)1 << bits, sizeof(KvCell));
-    if (cells == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    KvCell *cells = PyMem_RawCalloc((size_t)1 << bits, sizeof(KvCell));
+    if (cells == NULL) return -1;
     uint32_t mask = (1u << bits) - 1;
     if (map->cells != NULL) {
         for (size_t j = 0; j < ((size_t)1 << map->bits); j++) {
@@ -34,7 +31,7 @@ static int resize(KvMap *map, uint32_t bits) {
             while (cells[i].key != 0) i = (i + 1) & mask;
             cells[i] = cell;
         }
-        PyMem_Free(map->cells);
+        PyMem_RawFree(map->cells);
     }
     map->cells = cells;
     map->bits = bits;
@@ -86,13 +83,13 @@ uint64_t kv_map_pop(KvMap *map, uint64_t hash) {
         kv_map_free(map); /* a cleared endpoint gives its memory back */
     } else if (map->bits > MIN_BITS + 2 && (uint64_t)map->len * 16 < ((uint64_t)1 << map->bits)) {
         /* shrink to a quarter once 1/16 full; on no memory keep the big one */
-        if (resize(map, map->bits - 2) < 0) PyErr_Clear();
+        (void)resize(map, map->bits - 2);
     }
     return key;
 }
 
 void kv_map_free(KvMap *map) {
-    PyMem_Free(map->cells);
+    PyMem_RawFree(map->cells);
     map->cells = NULL;
     map->bits = 0;
     map->len = 0;
