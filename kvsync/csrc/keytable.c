@@ -289,10 +289,6 @@ void kt_free(KvTable *t) {
     PyMem_RawFree(t->counts);
     PyMem_RawFree(t->records);
     PyMem_RawFree(t->buckets);
-    t->maps = NULL;
-    t->counts = NULL;
-    t->records = NULL;
-    t->buckets = NULL;
 }
 
 size_t kt_bytes(const KvTable *t) {

@@ -1,5 +1,5 @@
-/* One index context's tables (keytable.c); the Python type around them is keytable_py.c, the
- * walk is walk.c.
+/* One index context's tables (keytable.c); the Python type around them is keytable_py.c (the
+ * writes) and keytable_reads.c (the walk and the other reads).
  *
  * Per block key one record in a dense array: the key, a holder bit mask of ``words`` uint64
  * (the endpoint slots holding any copy of the block), then its parent key, its present-children
@@ -65,6 +65,31 @@ static inline void kt_prefetch(const KvTable *t, uint64_t key) {
     if (t->buckets != NULL) __builtin_prefetch(&t->buckets[kt_home(key, t->bucket_bits)]);
 }
 
+#define MAX_SLOT (1u << 16) /* endpoints per index: far above any fleet (keytable_reads.c) */
+
+static inline int kt_read_slot(PyObject *arg, uint32_t *slot) {
+    unsigned long value = PyLong_AsUnsignedLong(arg);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (value >= MAX_SLOT) {
+        PyErr_SetString(PyExc_OverflowError, "slot out of range");
+        return -1;
+    }
+    *slot = (uint32_t)value;
+    return 0;
+}
+
+static inline int kt_read_u64(PyObject *arg, uint64_t *out) {
+    *out = PyLong_AsUnsignedLongLong(arg);
+    return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Calls with a fixed argument count: a TypeError otherwise. */
+#define ARGS(n, usage)                                   \
+    if (nargs != (n)) {                                  \
+        PyErr_SetString(PyExc_TypeError, usage);         \
+        return NULL;                                     \
+    }
+
 uint32_t kt_find(const KvTable *t, uint64_t key);
 int kt_ensure_slot(KvTable *t, uint32_t slot);
 static inline int kt_has(const KvTable *t, uint32_t idx, uint32_t slot) {
@@ -81,5 +106,12 @@ int64_t kt_clear_slot(KvTable *t, uint32_t slot);
 Py_ssize_t kt_evict(KvTable *t, uint32_t target);
 void kt_free(KvTable *t);
 size_t kt_bytes(const KvTable *t);
+
+/* The KeyTable methods that only read (keytable_reads.c). */
+PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs);
+PyObject *kt_py_holders(KvTable *t, PyObject *arg);
+PyObject *kt_py_resolve(KvTable *t, PyObject *const *args, Py_ssize_t nargs);
+PyObject *kt_py_count(KvTable *t, PyObject *arg);
+PyObject *kt_py_sizes(KvTable *t, PyObject *unused);
 
 #endif

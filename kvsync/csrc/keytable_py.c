@@ -1,24 +1,8 @@
-/* kvsync._native.KeyTable: the Python face of keytable.c (typed in kvsync/_native.pyi). */
+/* kvsync._native.KeyTable: the Python face of keytable.c (typed in kvsync/_native.pyi): the type
+ * and its writes; the reads are keytable_reads.c. */
 #include "keytable.h"
 
 #define STACK_TOKENS 4096 /* token ids parsed on the stack (16 KiB) before allocating */
-#define MAX_SLOT (1u << 16) /* endpoints per index: far above any fleet (walk.c's MAX_WORDS) */
-
-static int read_slot(PyObject *arg, uint32_t *slot) {
-    unsigned long value = PyLong_AsUnsignedLong(arg);
-    if (value == (unsigned long)-1 && PyErr_Occurred()) return -1;
-    if (value >= MAX_SLOT) {
-        PyErr_SetString(PyExc_OverflowError, "slot out of range");
-        return -1;
-    }
-    *slot = (uint32_t)value;
-    return 0;
-}
-
-static int read_u64(PyObject *arg, uint64_t *out) {
-    *out = PyLong_AsUnsignedLongLong(arg);
-    return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
-}
 
 /* A list of uint64 as a new C array (PyMem_Free it); NULL with an exception set. */
 static uint64_t *read_u64s(PyObject *list, Py_ssize_t *n) {
@@ -30,7 +14,7 @@ static uint64_t *read_u64s(PyObject *list, Py_ssize_t *n) {
     uint64_t *values = PyMem_Malloc((size_t)(*n + 1) * sizeof(uint64_t));
     if (values == NULL) return (uint64_t *)PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < *n; i++) {
-        if (read_u64(PyList_GET_ITEM(list, i), &values[i]) < 0) {
+        if (kt_read_u64(PyList_GET_ITEM(list, i), &values[i]) < 0) {
             PyMem_Free(values);
             return NULL;
         }
@@ -64,23 +48,17 @@ static Py_ssize_t table_len(KvTable *t) { return t->n_keys; }
 
 static int table_contains(KvTable *t, PyObject *arg) {
     uint64_t key;
-    if (read_u64(arg, &key) < 0) return -1;
+    if (kt_read_u64(arg, &key) < 0) return -1;
     return kt_find(t, key) != NIL;
 }
 
-/* Calls with a fixed argument count: a TypeError otherwise. */
-#define ARGS(n, usage)                                   \
-    if (nargs != (n)) {                                  \
-        PyErr_SetString(PyExc_TypeError, usage);         \
-        return NULL;                                     \
-    }
 
 static PyObject *store_common(KvTable *t, PyObject *slot_arg, PyObject *parent_arg,
                               PyObject *hashes_arg, uint64_t *keys, Py_ssize_t n_keys) {
     uint32_t slot;
     uint64_t parent;
     Py_ssize_t n;
-    if (read_slot(slot_arg, &slot) < 0 || read_u64(parent_arg, &parent) < 0) return NULL;
+    if (kt_read_slot(slot_arg, &slot) < 0 || kt_read_u64(parent_arg, &parent) < 0) return NULL;
     uint64_t *hashes = read_u64s(hashes_arg, &n);
     if (hashes == NULL) return NULL;
     Py_ssize_t fresh = -1;
@@ -111,7 +89,7 @@ static PyObject *table_store(KvTable *t, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     uint64_t parent;
-    if (read_u64(args[1], &parent) < 0) return NULL;
+    if (kt_read_u64(args[1], &parent) < 0) return NULL;
     Py_ssize_t n_tokens = n_blocks * t->block_size;
     /* The usual event (a few dozen blocks) parses into the stack: no allocation per event. */
     uint32_t stack_tokens[STACK_TOKENS];
@@ -164,7 +142,7 @@ static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_
     ARGS(2, "remove_plain(slot, hashes)");
     uint32_t slot;
     Py_ssize_t n;
-    if (read_slot(args[0], &slot) < 0) return NULL;
+    if (kt_read_slot(args[0], &slot) < 0) return NULL;
     uint64_t *hashes = read_u64s(args[1], &n);
     if (hashes == NULL) return NULL;
     Py_ssize_t removed = 0, n_missing = 0;
@@ -194,40 +172,11 @@ static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_
     return Py_BuildValue("(nN)", removed, missing);
 }
 
-static PyObject *table_holders(KvTable *t, PyObject *arg) {
-    uint64_t key;
-    if (read_u64(arg, &key) < 0) return NULL;
-    uint32_t idx = kt_find(t, key);
-    if (idx == NIL) return PyLong_FromLong(0);
-    PyObject *mask = PyLong_FromLong(0);
-    for (uint32_t w = t->words; mask != NULL && w-- > 0;) { /* most significant word first */
-        PyObject *shift = PyLong_FromLong(64);
-        PyObject *shifted = shift == NULL ? NULL : PyNumber_Lshift(mask, shift);
-        PyObject *word = PyLong_FromUnsignedLongLong(kt_mask(t, idx)[w]);
-        Py_XDECREF(shift);
-        Py_DECREF(mask);
-        mask = shifted == NULL || word == NULL ? NULL : PyNumber_Or(shifted, word);
-        Py_XDECREF(shifted);
-        Py_XDECREF(word);
-    }
-    return mask;
-}
-
-static PyObject *table_resolve(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
-    ARGS(2, "resolve(slot, hash)");
-    uint32_t slot;
-    uint64_t hash;
-    if (read_slot(args[0], &slot) < 0 || read_u64(args[1], &hash) < 0) return NULL;
-    uint64_t key = slot < t->n_slots ? kv_map_get(&t->maps[slot], hash) : 0;
-    if (key == 0) Py_RETURN_NONE;
-    return PyLong_FromUnsignedLongLong(key);
-}
-
 static PyObject *table_unmap(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(2, "unmap(slot, hash)");
     uint32_t slot;
     uint64_t hash;
-    if (read_slot(args[0], &slot) < 0 || read_u64(args[1], &hash) < 0) return NULL;
+    if (kt_read_slot(args[0], &slot) < 0 || kt_read_u64(args[1], &hash) < 0) return NULL;
     if (slot < t->n_slots) kv_map_pop(&t->maps[slot], hash);
     Py_RETURN_NONE;
 }
@@ -236,7 +185,7 @@ static PyObject *table_release(KvTable *t, PyObject *const *args, Py_ssize_t nar
     ARGS(2, "release(slot, key)");
     uint32_t slot;
     uint64_t key;
-    if (read_slot(args[0], &slot) < 0 || read_u64(args[1], &key) < 0) return NULL;
+    if (kt_read_slot(args[0], &slot) < 0 || kt_read_u64(args[1], &key) < 0) return NULL;
     uint32_t idx = kt_find(t, key);
     if (idx == NIL || slot >= t->n_slots || !kt_has(t, idx, slot)) Py_RETURN_FALSE;
     kt_release(t, idx, slot);
@@ -245,7 +194,7 @@ static PyObject *table_release(KvTable *t, PyObject *const *args, Py_ssize_t nar
 
 static PyObject *table_clear_slot(KvTable *t, PyObject *arg) {
     uint32_t slot;
-    if (read_slot(arg, &slot) < 0) return NULL;
+    if (kt_read_slot(arg, &slot) < 0) return NULL;
     return PyLong_FromLongLong(kt_clear_slot(t, slot));
 }
 
@@ -256,43 +205,19 @@ static PyObject *table_evict(KvTable *t, PyObject *arg) {
     return evicted < 0 ? PyErr_NoMemory() : PyLong_FromSsize_t(evicted);
 }
 
-static PyObject *table_count(KvTable *t, PyObject *arg) {
-    uint32_t slot;
-    if (read_slot(arg, &slot) < 0) return NULL;
-    return PyLong_FromLongLong(slot < t->n_slots ? t->counts[slot] : 0);
-}
-
-static PyObject *table_sizes(KvTable *t, PyObject *unused) {
-    (void)unused;
-    long long entries = 0, mapped = 0;
-    PyObject *slots = PyList_New(0);
-    for (uint32_t slot = 0; slots != NULL && slot < t->n_slots; slot++) {
-        entries += t->counts[slot];
-        mapped += t->maps[slot].len;
-        if (t->counts[slot] || t->maps[slot].len) {
-            PyObject *n = PyLong_FromUnsignedLong(slot);
-            if (n == NULL || PyList_Append(slots, n) < 0) Py_CLEAR(slots);
-            Py_XDECREF(n);
-        }
-    }
-    if (slots == NULL) return NULL;
-    return Py_BuildValue("(LLnN)", entries, mapped, (Py_ssize_t)kt_bytes(t), slots);
-}
-
-PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs);
 
 static PyMethodDef table_methods[] = {
     {"store", (PyCFunction)(void (*)(void))table_store, METH_FASTCALL, NULL},
     {"store_keys", (PyCFunction)(void (*)(void))table_store_keys, METH_FASTCALL, NULL},
     {"remove_plain", (PyCFunction)(void (*)(void))table_remove_plain, METH_FASTCALL, NULL},
-    {"holders", (PyCFunction)table_holders, METH_O, NULL},
-    {"resolve", (PyCFunction)(void (*)(void))table_resolve, METH_FASTCALL, NULL},
+    {"holders", (PyCFunction)kt_py_holders, METH_O, NULL},
+    {"resolve", (PyCFunction)(void (*)(void))kt_py_resolve, METH_FASTCALL, NULL},
     {"unmap", (PyCFunction)(void (*)(void))table_unmap, METH_FASTCALL, NULL},
     {"release", (PyCFunction)(void (*)(void))table_release, METH_FASTCALL, NULL},
     {"clear_slot", (PyCFunction)table_clear_slot, METH_O, NULL},
     {"evict", (PyCFunction)table_evict, METH_O, NULL},
-    {"count", (PyCFunction)table_count, METH_O, NULL},
-    {"sizes", (PyCFunction)table_sizes, METH_NOARGS, NULL},
+    {"count", (PyCFunction)kt_py_count, METH_O, NULL},
+    {"sizes", (PyCFunction)kt_py_sizes, METH_NOARGS, NULL},
     {"walk", (PyCFunction)(void (*)(void))kt_walk, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

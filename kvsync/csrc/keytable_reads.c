@@ -1,8 +1,9 @@
-/* KeyTable.walk: the longest-prefix walk of one query over one context (kvsync/lookup.py). */
+/* The KeyTable methods that only read: the longest-prefix walk of one query over one context
+ * (kvsync/lookup.py), holders, resolve, counts and sizes. */
 #include "keytable.h"
 
 #define WALK_CHUNK 64 /* blocks converted at a time: an early stop wastes at most these */
-#define MAX_WORDS 1024
+#define MAX_WORDS (MAX_SLOT / 64)
 
 /* Record position ``at`` as the run of every slot set in ``gone``. */
 static int end_runs(PyObject *runs, const uint64_t *gone, uint32_t words, Py_ssize_t at) {
@@ -120,4 +121,56 @@ PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     return Py_BuildValue("(NN)", runs, keys);
+}
+
+PyObject *kt_py_holders(KvTable *t, PyObject *arg) {
+    uint64_t key;
+    if (kt_read_u64(arg, &key) < 0) return NULL;
+    uint32_t idx = kt_find(t, key);
+    if (idx == NIL) return PyLong_FromLong(0);
+    PyObject *mask = PyLong_FromLong(0);
+    for (uint32_t w = t->words; mask != NULL && w-- > 0;) { /* most significant word first */
+        PyObject *shift = PyLong_FromLong(64);
+        PyObject *shifted = shift == NULL ? NULL : PyNumber_Lshift(mask, shift);
+        PyObject *word = PyLong_FromUnsignedLongLong(kt_mask(t, idx)[w]);
+        Py_XDECREF(shift);
+        Py_DECREF(mask);
+        mask = shifted == NULL || word == NULL ? NULL : PyNumber_Or(shifted, word);
+        Py_XDECREF(shifted);
+        Py_XDECREF(word);
+    }
+    return mask;
+}
+
+PyObject *kt_py_resolve(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "resolve(slot, hash)");
+    uint32_t slot;
+    uint64_t hash;
+    if (kt_read_slot(args[0], &slot) < 0 || kt_read_u64(args[1], &hash) < 0) return NULL;
+    uint64_t key = slot < t->n_slots ? kv_map_get(&t->maps[slot], hash) : 0;
+    if (key == 0) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(key);
+}
+
+PyObject *kt_py_count(KvTable *t, PyObject *arg) {
+    uint32_t slot;
+    if (kt_read_slot(arg, &slot) < 0) return NULL;
+    return PyLong_FromLongLong(slot < t->n_slots ? t->counts[slot] : 0);
+}
+
+PyObject *kt_py_sizes(KvTable *t, PyObject *unused) {
+    (void)unused;
+    long long entries = 0, mapped = 0;
+    PyObject *slots = PyList_New(0);
+    for (uint32_t slot = 0; slots != NULL && slot < t->n_slots; slot++) {
+        entries += t->counts[slot];
+        mapped += t->maps[slot].len;
+        if (t->counts[slot] || t->maps[slot].len) {
+            PyObject *n = PyLong_FromUnsignedLong(slot);
+            if (n == NULL || PyList_Append(slots, n) < 0) Py_CLEAR(slots);
+            Py_XDECREF(n);
+        }
+    }
+    if (slots == NULL) return NULL;
+    return Py_BuildValue("(LLnN)", entries, mapped, (Py_ssize_t)kt_bytes(t), slots);
 }
