@@ -66,6 +66,8 @@ def test_gap_is_recovered_by_replay() -> None:
     with running_daemon() as daemon, Fleet(pods=2, dp_sizes=(1,), seed=2) as fleet:
         subscribe_all(daemon, fleet)
         fleet.step(20)
+        # live first: frames dropped during the warm-start replay would be covered by it (no gap)
+        settle(daemon, fleet)
         victim = fleet.ids[0]
         fleet.publisher(victim).drop_next(5)  # seqs consumed, kept for replay, never sent live
         submit(fleet, victim, 30)
@@ -81,6 +83,7 @@ def test_hole_beyond_the_replay_buffer_keeps_precision_and_counts_the_reset() ->
     with running_daemon() as daemon, Fleet(pods=2, dp_sizes=(1,), seed=3) as fleet:
         subscribe_all(daemon, fleet)
         fleet.step(20)
+        settle(daemon, fleet)  # live first, as in the gap test above
         victim = fleet.ids[0]
         publisher = fleet.publisher(victim)
         publisher.set_replay_capacity(2)
