@@ -3,13 +3,13 @@
 #include "keytable.h"
 
 #define MIN_BUCKET_BITS 4
-#define home kt_home
+#define MAX_RECORDS (1u << 30) /* a billion keys per context: a MemoryError beyond */
 
 uint32_t kt_find(const KvTable *t, uint64_t key) {
     if (t->buckets == NULL) return NIL;
     uint32_t mask = (1u << t->bucket_bits) - 1;
     uint32_t fingerprint = kt_fingerprint(key);
-    for (uint32_t i = home(key, t->bucket_bits);; i = (i + 1) & mask) {
+    for (uint32_t i = kt_home(key, t->bucket_bits);; i = (i + 1) & mask) {
         uint64_t b = t->buckets[i];
         if (b == 0) return NIL;
         uint32_t idx = (uint32_t)b - 1;
@@ -19,12 +19,13 @@ uint32_t kt_find(const KvTable *t, uint64_t key) {
 
 static void place(uint64_t *buckets, uint32_t bits, uint64_t key, uint32_t idx) {
     uint32_t mask = (1u << bits) - 1;
-    uint32_t i = home(key, bits);
+    uint32_t i = kt_home(key, bits);
     while (buckets[i] != 0) i = (i + 1) & mask;
     buckets[i] = (uint64_t)kt_fingerprint(key) << 32 | (idx + 1);
 }
 
 static int rebucket(KvTable *t, uint32_t bits) {
+    if (bits > 31) return -1; /* (1u << 32) is undefined; MAX_RECORDS keeps us below */
     uint64_t *buckets = PyMem_RawCalloc((size_t)1 << bits, sizeof(uint64_t));
     if (buckets == NULL) return -1;
     for (uint32_t idx = t->oldest; idx != NIL; idx = kt_links(t, idx)->newer) {
@@ -38,7 +39,7 @@ static int rebucket(KvTable *t, uint32_t bits) {
 
 static void unbucket(KvTable *t, uint64_t key) {
     uint32_t mask = (1u << t->bucket_bits) - 1;
-    uint32_t i = home(key, t->bucket_bits);
+    uint32_t i = kt_home(key, t->bucket_bits);
     uint32_t fingerprint = kt_fingerprint(key);
     while ((uint32_t)(t->buckets[i] >> 32) != fingerprint ||
            *kt_record(t, (uint32_t)t->buckets[i] - 1) != key) {
@@ -71,14 +72,12 @@ static void append_entry(KvTable *t, uint32_t idx) {
     t->newest = idx;
 }
 
-static inline void touch(KvTable *t, uint32_t idx) {
-    if (t->newest != idx) {
-        unlink_entry(t, idx);
-        append_entry(t, idx);
-    }
+static inline void touch(KvTable *t, uint32_t idx) { /* to the recent end */
+    if (t->newest != idx) unlink_entry(t, idx), append_entry(t, idx);
 }
 
 static int grow_entries(KvTable *t) {
+    if (t->capacity >= MAX_RECORDS) return -1; /* indices are uint32, NIL reserved */
     uint32_t capacity = t->capacity ? t->capacity * 2 : 64;
     uint64_t *records = PyMem_RawRealloc(t->records, (size_t)capacity * t->stride * sizeof(uint64_t));
     if (records == NULL) return -1;
@@ -127,9 +126,7 @@ static void delete_entry(KvTable *t, uint32_t idx) {
 
 static inline int mask_empty(const KvTable *t, uint32_t idx) {
     const uint64_t *mask = kt_mask(t, idx);
-    for (uint32_t w = 0; w < t->words; w++) {
-        if (mask[w]) return 0;
-    }
+    for (uint32_t w = 0; w < t->words; w++) if (mask[w]) return 0;
     return 1;
 }
 
@@ -230,7 +227,7 @@ int64_t kt_clear_slot(KvTable *t, uint32_t slot) {
     }
     t->dangling = t->dangling > map->len ? t->dangling - map->len : 0;
     kv_map_free(map);
-    t->counts[slot] = 0;
+    t->counts[slot] = 0; /* kt_release counted down the held keys; dangling ones never counted */
     return held;
 }
 

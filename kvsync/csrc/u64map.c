@@ -20,6 +20,7 @@ uint64_t kv_map_get(const KvMap *map, uint64_t hash) {
 }
 
 static int resize(KvMap *map, uint32_t bits) {
+    if (bits > 31) return -1; /* (1u << 32) is undefined: two billion hashes per endpoint at most */
     KvCell *cells = PyMem_RawCalloc((size_t)1 << bits, sizeof(KvCell));
     if (cells == NULL) return -1;
     uint32_t mask = (1u << bits) - 1;
