@@ -1,8 +1,11 @@
 """ZMQ frames → ``model.Batch``. Pure: no sockets, logging or metrics.
 
-Raises ``DecodeError`` (with a ``Reason``) for a message that cannot be used at all. A batch whose
-envelope is fine but some events are not still yields its good events, with a ``Rejection`` for
-each bad one. Nothing else escapes: every msgspec error is wrapped.
+Raises ``DecodeError`` (with a ``Reason``, and the seq when it was readable) for a message that
+cannot be used at all. A batch whose envelope is fine but some events are not still yields its
+good events, with a ``Rejection`` for each bad one (with the event's type when it can still be
+read). Nothing else escapes: any exception while decoding is wrapped, not only msgspec's errors —
+msgspec raises ``RecursionError`` on about 1,000 levels of nesting (anywhere, even inside a key
+it skips), and one such frame used to end the ingest thread.
 
 Speed: a whole batch is first decoded in one msgspec call with the layout its first event shows
 (array era or map era). Only when that fails (a bad event, or eras mixed in one batch) is the batch
@@ -28,9 +31,21 @@ _ARRAY_EVENT: Final[msgspec.msgpack.Decoder[wire.ArrayEvent]] = msgspec.msgpack.
 )
 _MAP_EVENT: Final[msgspec.msgpack.Decoder[wire.MapEvent]] = msgspec.msgpack.Decoder(wire.MapEvent)
 
-# msgspec raises UnicodeDecodeError (not a DecodeError) for a str that is not UTF-8 inside a
-# tagged struct; the fuzz test found it.
-_MSGSPEC_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
+
+class _MapTag(msgspec.Struct):
+    """Only the tag of a map-era event (the rest skipped): what a rejected event was."""
+
+    type: object = None
+
+
+class _ArrayTag(msgspec.Struct, array_like=True):
+    """Only the tag of an array-era event (trailing fields ignored)."""
+
+    type: object = None
+
+
+_MAP_TAG: Final = msgspec.msgpack.Decoder(_MapTag)
+_ARRAY_TAG: Final = msgspec.msgpack.Decoder(_ArrayTag)
 
 _FIXARRAY_2_OR_3: Final = (0x92, 0x93)
 _FLOAT64: Final = 0xCB
@@ -62,6 +77,12 @@ def _first_event_marker(payload: bytes) -> int | None:
 
 
 def _event_reason(exc: Exception) -> Reason:
+    if isinstance(exc, RecursionError):
+        return Reason.NESTING
+    if not isinstance(exc, msgspec.DecodeError | UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError (not a DecodeError) for a str that is not UTF-8
+        # inside a tagged struct; anything else is unexpected, and still only this event's.
+        return Reason.INTERNAL
     message = str(exc)
     if _TOKENS_PATH.search(message):
         return Reason.TOKENS
@@ -70,6 +91,17 @@ def _event_reason(exc: Exception) -> Reason:
     if _TAG_PATH.search(message):
         return Reason.EVENT_TAG
     return Reason.EVENT_SHAPE
+
+
+def _event_kind(raw: msgspec.Raw) -> str | None:
+    """The type tag of an event that failed to decode, if it can still be read."""
+    view = memoryview(raw)
+    decoder = _MAP_TAG if view and view[0] in wire.MAP_MARKERS else _ARRAY_TAG
+    try:
+        tag = decoder.decode(raw).type
+    except Exception:  # noqa: BLE001  # unreadable: the caller assumes the worst
+        return None
+    return tag if isinstance(tag, str) else None
 
 
 def _decode_event(raw: msgspec.Raw) -> Event:
@@ -96,22 +128,27 @@ def decode_payload(seq: int, payload: bytes) -> Batch:
     if fast is not None:
         try:
             whole = fast.decode(payload)
-        except _MSGSPEC_ERRORS:
-            pass  # decoded again below, event by event, to keep the good events
+        except Exception:  # noqa: BLE001, S110  # any failure: decoded again below, event by
+            pass  # event, to keep the good ones and name the bad ones
         else:
             return Batch(seq, whole.ts, whole.data_parallel_rank, whole.events)
     envelope = _MAP_BATCH if payload[:1] and payload[0] in wire.MAP_MARKERS else _ARRAY_BATCH
     try:
         batch = envelope.decode(payload)
-    except _MSGSPEC_ERRORS as exc:
-        raise DecodeError(Reason.PAYLOAD, str(exc)) from exc
+    except RecursionError as exc:
+        raise DecodeError(Reason.NESTING, str(exc), seq) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise DecodeError(Reason.PAYLOAD, str(exc), seq) from exc
+    except Exception as exc:  # the ingest loop survives every input
+        raise DecodeError(Reason.INTERNAL, f"{type(exc).__name__}: {exc}", seq) from exc
     events: list[Event] = []
     rejected: list[Rejection] = []
     for position, raw in enumerate(batch.events):
         try:
             events.append(_decode_event(raw))
-        except _MSGSPEC_ERRORS as exc:
-            rejected.append(Rejection(position, _event_reason(exc), str(exc)))
+        except Exception as exc:  # noqa: BLE001  # counted by reason, the rest still applies
+            reason = _event_reason(exc)
+            rejected.append(Rejection(position, reason, str(exc), _event_kind(raw)))
     return Batch(seq, batch.ts, batch.data_parallel_rank, events, tuple(rejected))
 
 

@@ -28,13 +28,18 @@ class Reason(enum.StrEnum):
     EVENT_TAG = "event_tag"  # an event whose type kvsync does not know
     EVENT_SHAPE = "event_shape"  # a field of the wrong type, or a required field missing
     TOKENS = "tokens"  # token ids out of [0, 2^32) or not n_blocks x block_size of them
-    HASH = "hash"  # a block hash that is neither an int nor 8..32 bytes
+    HASH = "hash"  # a block hash that is neither an int nor 8..64 bytes
+    # nested deeper than msgspec decodes (it raises RecursionError at about 1,000 levels)
+    NESTING = "nesting"
+    INTERNAL = "internal"  # any other exception while decoding: a bug, but never a crash
 
 
 class DecodeError(KvsyncError):
-    """A frame kvsync cannot use. ``reason`` is a short, stable code."""
+    """A frame kvsync cannot use. ``reason`` is a short, stable code; ``seq`` is the message's
+    sequence number when its seq frame was readable (the payload was not)."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, seq: int | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.seq = seq

@@ -34,6 +34,10 @@ class ResetReason(enum.StrEnum):
     HOLE = "hole"  # the replay buffer no longer covers the gap
     GAP = "gap"  # a gap with no replay to fill it (no replay address, or cooling down)
     REPLAY_FAILED = "replay_failed"  # the replay missed its deadline and the gap remained
+    # an event that may have removed blocks (BlockRemoved, AllBlocksCleared, or of unreadable
+    # type) was rejected: holders may be stale
+    LOST_REMOVAL = "lost_removal"
+    UNDECODABLE = "undecodable"  # a whole live message could not be decoded (it may have removed)
 
 
 class ReplayResult(enum.StrEnum):
@@ -75,7 +79,7 @@ class Outcome:
     removed_blocks: int = 0
     dropped_blocks: int = 0  # blocks forgotten by resets
     rejected: tuple[Reason, ...] = ()  # events of applied batches the decoder rejected
-    duplicates: int = 0  # held batches skipped because the replay already applied them
+    duplicates: int = 0  # live or held batches skipped because the replay already applied them
     held_dropped: int = 0  # held batches discarded because the hold buffer was full
     stale_replies: int = 0  # replay replies of a superseded or finished request
     lags: list[float] = field(default_factory=list)  # wall now - batch ts, per live batch applied
@@ -85,7 +89,10 @@ class Outcome:
 class ReplaySettings:
     """The handler's knobs (``kvsync.handler``)."""
 
-    replay_timeout_s: float = 5.0
+    replay_timeout_s: float = 5.0  # idle: since the request or the last reply
+    # The overall cap grows by this per batch delivered: a replay streaming at least 20 batches
+    # a second may go on, a trickle slower than that fails (vLLM's buffer: 10,000 batches).
+    replay_cap_per_batch_s: float = 0.05
     replay_cooldown_s: float = 30.0
     max_held: int = 4096
 

@@ -35,8 +35,13 @@ GPU: Final = "GPU"
 # An engine block hash: an opaque id, unique per endpoint. Ints are normalised to uint64 (vLLM
 # <= 0.10.1 and SGLang send signed int64); bytes (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0) are kept.
 EngineHash = int | bytes
-WireHash = int | Annotated[bytes, msgspec.Meta(min_length=8, max_length=32)]
-BlockSize = Annotated[int, msgspec.Meta(gt=0)]
+# Bytes hashes: 32 bytes (sha256), 64 when vLLM joins the sub-block hashes of a hybrid model's
+# larger-block group (two sha256 digests).
+WireHash = int | Annotated[bytes, msgspec.Meta(min_length=8, max_length=64)]
+# Bounded so that no event can make a lookup allocate per-block buffers of absurd size (real
+# block sizes are 1..a few thousand tokens; Mamba groups of hybrid models go higher).
+MAX_BLOCK_SIZE: Final = 1 << 22
+BlockSize = Annotated[int, msgspec.Meta(gt=0, le=MAX_BLOCK_SIZE)]
 
 
 class EndpointId(NamedTuple):
@@ -140,6 +145,9 @@ class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", tag_field="type",
 Event = BlockStored | BlockRemoved | AllBlocksCleared
 
 
+_REMOVING_KINDS: Final = frozenset({"BlockRemoved", "AllBlocksCleared"})
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """One event of a batch that could not be used; the rest of the batch still applies."""
@@ -147,6 +155,14 @@ class Rejection:
     position: int
     reason: Reason
     detail: str
+    # The event's type when it could still be read ("BlockRemoved", ...), else None: a removal
+    # that was lost (or may have been) leaves holders that may be stale.
+    kind: str | None = None
+
+    @property
+    def may_be_removal(self) -> bool:
+        """True unless the event is known to remove nothing (a BlockStored, an unknown type)."""
+        return self.kind is None or self.kind in _REMOVING_KINDS
 
 
 class Batch(msgspec.Struct, frozen=True):

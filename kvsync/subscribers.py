@@ -14,7 +14,9 @@ request; replays are non-blocking requests on the same loop (``kvsync.replay``).
 Index writes take the caller's lock once per batch (the HTTP thread reads under the same lock)
 and never across socket I/O. Malformed input is counted and logged (rate-limited per endpoint:
 the first occurrence, then at most once per ``log_interval_s`` with the count suppressed), never
-raised. An unexpected exception ends the thread: it is logged once, ``failed`` is set for the
+raised. A message whose handling fails unexpectedly (a bug: the decoder wraps every exception) is
+counted (``internal``), logged with its stack, and the endpoint's state dropped; the loop goes on.
+Any other unexpected exception ends the thread: it is logged once, ``failed`` is set for the
 runtime to act on, and every socket is closed.
 """
 
@@ -27,8 +29,8 @@ import structlog
 import zmq
 
 from kvsync import decoder, replay
-from kvsync.errors import DecodeError
-from kvsync.handler import EndpointHandler
+from kvsync.errors import DecodeError, Reason
+from kvsync.handler import EndpointHandler, lost_batch
 from kvsync.index import EndpointContext, PrefixIndex
 from kvsync.ingest import IngestSettings, IngestStats, Instant, Outcome, State, Totals
 from kvsync.model import Batch, Endpoint, EndpointId, ReplayEnd
@@ -213,11 +215,21 @@ class SubscriberManager:
                 return
             now = _now()
             try:
-                batch = decoder.decode_live(frames)
-            except DecodeError as exc:
-                self._decode_error(sub, exc, now)
-                continue
-            self._after(sub, sub.handler.on_live(batch, now), now)
+                try:
+                    batch = decoder.decode_live(frames)
+                except DecodeError as exc:
+                    self._decode_error(sub, exc, now)
+                    # It may have held removals: the handler drops the state (seq known: in
+                    # stream order; unknown: at once, or after the replay in flight).
+                    if exc.seq is None:
+                        out = sub.handler.on_garbled(now)
+                    else:
+                        out = sub.handler.on_live(lost_batch(exc), now)
+                else:
+                    out = sub.handler.on_live(batch, now)
+                self._after(sub, out, now)
+            except Exception as exc:  # noqa: BLE001  # no input ends the loop
+                self._internal_error(sub, exc, now)
 
     def _drain_replay(self, sub: Subscription) -> None:
         for _ in range(self._settings.drain_max):
@@ -230,11 +242,16 @@ class SubscriberManager:
             now = _now()
             item: Batch | ReplayEnd
             try:
-                item = decoder.decode_replay(frames)
-            except DecodeError as exc:
-                self._decode_error(sub, exc, now)
-                continue
-            self._after(sub, sub.handler.on_replay(client.ticket, item, now), now)
+                try:
+                    item = decoder.decode_replay(frames)
+                except DecodeError as exc:
+                    self._decode_error(sub, exc, now)
+                    if exc.seq is None:
+                        continue  # unplaceable: the next reply's seq shows the gap (a hole)
+                    item = lost_batch(exc)
+                self._after(sub, sub.handler.on_replay(client.ticket, item, now), now)
+            except Exception as exc:  # noqa: BLE001  # no input ends the loop
+                self._internal_error(sub, exc, now)
 
     def _decode_error(self, sub: Subscription, exc: DecodeError, now: Instant) -> None:
         with self._stats_lock:
@@ -242,6 +259,16 @@ class SubscriberManager:
             self._totals.count_decode_error(exc.reason)
         detail, interval = exc.detail[:200], self._settings.log_interval_s
         sub.warn("decode_error", now.mono, interval, reason=exc.reason.value, detail=detail)
+
+    def _internal_error(self, sub: Subscription, exc: Exception, now: Instant) -> None:
+        """A message made kvsync itself fail (a bug, not bad input: the decoder wraps every
+        exception). The index may hold part of a batch: drop the endpoint's state and go on."""
+        with self._stats_lock:
+            sub.decode_errors += 1
+            self._totals.count_decode_error(Reason.INTERNAL)
+        interval = self._settings.log_interval_s  # the stack, rate-limited: a bug to report
+        sub.note("message_failed", now.mono, interval, "error", exc_info=exc)
+        self._after(sub, sub.handler.on_garbled(now), now)
 
     def _after(self, sub: Subscription, out: Outcome, now: Instant) -> None:
         """Perform the socket work an outcome asks for, then count and log it."""

@@ -77,24 +77,55 @@ def test_replay_deadline_fails_applies_held_batches_and_cools_down(
 
 
 class BrokenIndex(PrefixIndex):
+    """An index bug that one message triggers: the loop must survive it (no input ends it)."""
+
     def apply(
         self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
     ) -> ApplyOutcome:
         raise RuntimeError("index bug")
 
 
+class BrokenDrop(BrokenIndex):
+    """A bug outside any one message's handling: dropping an endpoint fails too."""
+
+    def drop_endpoint(self, endpoint: EndpointId) -> int:
+        raise RuntimeError("index bug")
+
+
+def test_a_message_that_makes_kvsync_fail_is_counted_and_the_loop_goes_on() -> None:
+    with (
+        capture_logs() as logs,
+        running_daemon(index=BrokenIndex()) as daemon,
+        Fleet(pods=1, dp_sizes=(1,), replay=False) as fleet,
+    ):
+        daemon.manager.set_endpoint(fleet.endpoints()[0])
+        fleet.wait_for_subscribers()
+        fleet.step(3)
+        eventually(
+            lambda: daemon.manager.snapshot().decode_errors.get("internal", 0) == 3,
+            what="each failed message counted",
+        )
+        stats = daemon.manager.snapshot()
+        assert stats.resets == {"undecodable": 3}
+        assert not daemon.manager.failed.is_set()
+    failures = [e for e in logs if e["event"] == "message_failed"]
+    assert len(failures) == 1  # rate-limited, with the stack
+    assert failures[0]["log_level"] == "error"
+
+
 def test_an_unexpected_error_ends_the_thread_reported_once_and_closed() -> None:
     with (
         capture_logs() as logs,
-        running_daemon(index=BrokenIndex(), expect_failure=True) as daemon,
-        Fleet(pods=1, dp_sizes=(1,)) as fleet,
+        running_daemon(index=BrokenDrop(), expect_failure=True) as daemon,
+        Fleet(pods=1, dp_sizes=(1,), replay=False) as fleet,
     ):
         daemon.manager.set_endpoint(fleet.endpoints()[0])
         fleet.wait_for_subscribers()
         fleet.step(3)
         eventually(daemon.manager.failed.is_set, what="the ingest thread reported its failure")
         eventually(lambda: daemon.manager.closed, what="sockets closed after the failure")
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["ingest_failed"]
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert errors == ["message_failed", "ingest_failed"]
 
 
 def test_decode_errors_are_logged_once_per_interval_and_all_counted() -> None:

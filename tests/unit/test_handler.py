@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsync.errors import Reason
-from kvsync.handler import EndpointHandler
+from kvsync.errors import DecodeError, Reason
+from kvsync.handler import EndpointHandler, lost_batch
 from kvsync.ingest import (
     Instant,
     Outcome,
@@ -175,9 +175,10 @@ def test_first_live_message_past_zero_asks_for_replay_from_zero() -> None:
     replay_all(h, warm.ticket, [])  # the publisher had nothing yet
     out = h.on_live(batch(5), at(1))
     assert out.replay == ReplayRequest(start=0, ticket=2)
-    replay_all(h, 2, [3, 4, 5])  # a truncated buffer on a fresh subscriber is no reset
+    replay_all(h, 2, [3, 4, 5])  # a truncated buffer: nothing to drop, so no reset counted,
     assert w.log == [3, 4, 5]
-    assert (h.state, h.resets) == (State.LIVE, 0)
+    # but seqs 0..2 are unknown (blocks they stored are missing): the state says so.
+    assert (h.state, h.resets) == (State.RESET, 0)
 
 
 def test_gap_is_recovered_by_replay_from_last_plus_one() -> None:
@@ -481,3 +482,195 @@ def test_with_a_covering_buffer_every_loss_is_recovered_exactly_once_in_order(
     assert w.log == list(range(len(w.log)))
     assert len(w.log) >= (received[-1] + 1 if received else 0)
     assert h.resets == 0
+
+
+# -- a replay that overtakes the live path (architecture.md §4, revised) ------------------------
+
+
+def test_live_copies_of_replayed_seqs_are_duplicates_not_a_restart() -> None:
+    # The SUB side lags: after a gap at seq 6 the replay (5..8) arrives before live 7 and 8.
+    h, w = make()
+    ticket = live_then_gap(h, 4, 6)
+    end = replay_all(h, ticket, [5, 6, 7, 8])
+    assert (end.replays, end.resets, end.duplicates) == ((ReplayResult.OK,), (), 1)
+    late = [h.on_live(batch(seq), at(1)) for seq in (7, 8)]
+    assert [(o.resets, o.replay, o.duplicates) for o in late] == [((), None, 1)] * 2
+    h.on_live(batch(9), at(1))
+    assert w.log == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert (h.state, h.last_seq, h.resets, h.replays) == (State.LIVE, 9, 0, 1)
+
+
+def test_a_live_seq_at_or_below_the_last_live_one_is_a_restart_even_below_last() -> None:
+    h, _ = make()
+    ticket = live_then_gap(h, 4, 6)
+    replay_all(h, ticket, [5, 6, 7, 8])
+    h.on_live(batch(7), at(1))  # the late copy: last_live is 7 now
+    out = h.on_live(batch(7, incarnation=1), at(1))  # 7 again on the live socket: a new engine
+    assert out.resets == (ResetReason.RESTART,)
+    assert out.replay == ReplayRequest(start=0, ticket=ticket + 1)
+
+
+def test_held_batches_that_go_back_are_a_restart() -> None:
+    h, _ = make()
+    h.start(at(0))
+    h.on_live(batch(8), at(0))
+    out = h.on_live(batch(8, incarnation=1), at(0))
+    assert out.resets == (ResetReason.RESTART,)
+
+
+@dataclass
+class Delayed:
+    """Live frames delivered ``lag`` steps late, as through a backlogged SUB socket."""
+
+    lag: int
+    queue: deque[Batch] = field(default_factory=deque)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    losses=st.lists(st.booleans(), min_size=1, max_size=60),
+    lag=st.integers(0, 6),
+    replies_per_step=st.integers(1, 4),
+)
+def test_a_lagging_live_path_with_a_covering_buffer_never_resets(
+    losses: list[bool], lag: int, replies_per_step: int
+) -> None:
+    h, w = make(max_held=1000)
+    pub = Publisher(buffer_steps=1000)
+    live = Delayed(lag)
+    pending: deque[tuple[int, Batch | ReplayEnd]] = deque()
+
+    def follow(out: Outcome) -> None:
+        assert out.resets == (), w.log
+        if out.replay is not None:
+            pending.clear()  # superseded
+            pending.extend((out.replay.ticket, item) for item in pub.reply(out.replay.start))
+
+    follow(h.start(at(0)))
+    for lost in losses:
+        b = pub.publish()
+        if not lost:
+            live.queue.append(b)
+        while len(live.queue) > live.lag:
+            follow(h.on_live(live.queue.popleft(), at(0)))
+        for _ in range(replies_per_step):  # the replay path runs ahead of the live one
+            if pending:
+                follow(h.on_replay(*pending.popleft(), at(0)))
+    while live.queue or pending:
+        if pending:
+            follow(h.on_replay(*pending.popleft(), at(0)))
+        else:
+            follow(h.on_live(live.queue.popleft(), at(0)))
+    check_segments(w.log)
+    assert DROP not in w.log
+    assert h.resets == 0
+
+
+# -- lost removals and undecodable messages -----------------------------------------------------
+
+
+def stored(seq: int) -> BlockStored:
+    return BlockStored([1 << 40 | seq], None, encode_tokens([seq]), 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reset"),
+    [
+        ("BlockRemoved", (ResetReason.LOST_REMOVAL,)),
+        ("AllBlocksCleared", (ResetReason.LOST_REMOVAL,)),
+        (None, (ResetReason.LOST_REMOVAL,)),  # type unreadable: it may have been a removal
+        ("BlockStored", ()),  # a missing store only under-reports
+        ("KVCacheFutureEvent", ()),  # a type kvsync does not know removes nothing it knows
+    ],
+)
+def test_a_rejected_event_that_may_remove_drops_the_state_after_the_good_events(
+    kind: str | None, reset: tuple[ResetReason, ...]
+) -> None:
+    h, w = make(has_replay=False)
+    h.on_live(batch(0), at(1))
+    bad = Rejection(1, Reason.HASH, "bad hash", kind)
+    out = h.on_live(Batch(1, 100.0, 0, [BlockRemoved([7])], (bad,)), at(1))
+    assert out.resets == reset
+    assert out.rejected == (Reason.HASH,)
+    assert w.log == ([0, 7, DROP] if reset else [0, 7])
+    h.on_live(batch(2), at(1))  # ingest continues after that seq: no gap, no replay
+    assert (h.last_seq, h.gaps) == (2, 0)
+    assert h.state is (State.RESET if reset else State.LIVE)
+
+
+def lost(seq: int) -> Batch:
+    return lost_batch(DecodeError(Reason.NESTING, "too deep", seq))
+
+
+def test_an_undecodable_live_message_drops_the_state_and_continues_after_its_seq() -> None:
+    h, w = make()
+    h.start(at(0))
+    replay_all(h, 1, [0, 1])
+    out = h.on_live(lost(2), at(1))
+    assert (out.resets, out.replay, out.batches, out.lags) == (
+        (ResetReason.UNDECODABLE,),
+        None,
+        0,
+        [],
+    )
+    assert h.on_live(batch(3), at(1)).replay is None
+    assert w.log == [0, 1, DROP, 3]
+    assert (h.state, h.last_seq) == (State.RESET, 3)
+
+
+def test_an_undecodable_message_in_a_replay_drops_the_state_in_stream_order() -> None:
+    h, w = make()
+    ticket = live_then_gap(h, 1, 5)
+    h.on_replay(ticket, batch(2), at(1))
+    assert h.on_replay(ticket, lost(3), at(1)).resets == (ResetReason.UNDECODABLE,)
+    end = replay_all(h, ticket, [4, 5])
+    assert (end.resets, end.duplicates) == ((), 1)
+    assert w.log == [0, 1, 2, DROP, 4, 5]
+
+
+def test_a_garbled_live_message_drops_the_state_at_once_or_after_the_replay() -> None:
+    h, w = make(has_replay=False)
+    h.on_live(batch(0), at(1))
+    assert h.on_garbled(at(1)).resets == (ResetReason.UNDECODABLE,)
+    h.on_live(batch(1), at(1))  # no seq to place it: the stream goes on from the last one
+    assert (w.log, h.gaps) == ([0, DROP, 1], 0)
+
+    h, w = make()
+    h.start(at(0))
+    h.on_live(batch(3), at(0))
+    assert h.on_garbled(at(0)).resets == ()  # during a replay: once it is applied
+    h.on_live(batch(4), at(0))
+    end = replay_all(h, 1, [0, 1, 2, 3])
+    assert end.resets == (ResetReason.UNDECODABLE,)
+    assert w.log == [0, 1, 2, 3, 4, DROP]
+
+
+# -- replay deadline: idle timeout, overall cap growing with progress ---------------------------
+
+
+def test_a_replay_that_keeps_streaming_outlives_the_idle_timeout() -> None:
+    h, w = make(timeout=5.0)
+    h.start(at(0))
+    for seq in range(200):  # a long warm start: one reply every 40 ms, 8 s in all
+        assert h.on_tick(at(0.04 * seq + 0.039)) is None
+        h.on_replay(1, batch(seq), at(0.04 * seq + 0.04))
+    deadline = h.replay_deadline
+    assert deadline is not None
+    assert deadline == pytest.approx(8.0 + 5.0)  # idle: 5 s after the last reply
+    assert h.on_tick(at(deadline - 0.01)) is None
+    out = h.on_tick(at(deadline))
+    assert out is not None
+    assert out.replays == (ReplayResult.FAILED,)
+    assert w.log == list(range(200))
+
+
+def test_the_overall_replay_cap_grows_with_the_batches_delivered() -> None:
+    h, _ = make(timeout=5.0)
+    h.start(at(0))
+    per_batch = h.settings.replay_cap_per_batch_s
+    t = 0.0
+    for seq in range(10):  # a trickle: never 5 s idle, but slower than the cap allows
+        t += 4.0
+        h.on_replay(1, batch(seq), at(t))
+        assert h.replay_deadline == pytest.approx(min(t + 5.0, 5.0 + (seq + 1) * per_batch))
+    assert h.on_tick(at(t)) is not None  # the cap ended it
