@@ -192,6 +192,15 @@ def event_struct(era: Era, event: model.Event, hashes: HashFormat) -> msgspec.St
     return MapCleared() if era.maps else ArrayCleared()
 
 
+def raw_event(era: Era, event: model.Event, hashes: HashFormat) -> msgspec.Raw:
+    """One event encoded ahead of time, for ``encode_batch`` (and ``Publisher.publish``) to copy.
+
+    A benchmark that replays recorded traffic encodes each event once and sends it many times;
+    the batch around it (ts, dp_rank) is still encoded per send.
+    """
+    return msgspec.Raw(_ENCODER.encode(event_struct(era, event, hashes)))
+
+
 def encode_batch(
     era: Era,
     events: Sequence[model.Event | msgspec.Raw],

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+import msgspec
 import zmq
 
 from kvsync import model
@@ -123,8 +124,14 @@ class Publisher(PublisherLoop):
         self._thread.start()
 
     # --- public, thread-safe -------------------------------------------------------------------
-    def publish(self, events: Sequence[model.Event], *, ts: float | None = None) -> None:
-        """Publish one batch (one scheduler step's events); ``ts`` defaults to the clock."""
+    def publish(
+        self, events: Sequence[model.Event | msgspec.Raw], *, ts: float | None = None
+    ) -> None:
+        """Publish one batch (one scheduler step's events); ``ts`` defaults to the clock.
+
+        An event may come pre-encoded (``eras.raw_event`` for this publisher's era and hashes):
+        it is copied as it is, so replaying recorded traffic costs no per-event encoding.
+        """
         payload = self._encode(events, ts)
         self._put(SendBatch(payload))
 

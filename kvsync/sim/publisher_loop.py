@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
+import msgspec
 import zmq
 
 from kvsync import model, wire
@@ -54,7 +55,7 @@ class PublisherLoop:
     _drop_replayable: bool
     _counts: dict[str, int]
 
-    def _encode(self, events: Sequence[model.Event], ts: float | None) -> bytes:
+    def _encode(self, events: Sequence[model.Event | msgspec.Raw], ts: float | None) -> bytes:
         stamp = self._clock() if ts is None else ts
         return eras.encode_batch(
             self.era, events, ts=stamp, dp_rank=self.dp_rank, hashes=self.hashes

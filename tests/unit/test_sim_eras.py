@@ -130,3 +130,13 @@ def test_bad_event_is_rejected_alone_by_the_decoder(era: Era) -> None:
     batch = decoder.decode_payload(9, payload)
     assert len(batch.events) == 2
     assert [(r.position, r.reason) for r in batch.rejected] == [(1, Reason.TOKENS)]
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda c: c.name)
+def test_pre_encoded_events_give_the_same_payload(capture: golden.Capture) -> None:
+    era, hashes = era_of(capture)
+    for events in scenario_events(capture):
+        raw = [eras.raw_event(era, e, hashes) for e in events]
+        ts = 1.5
+        direct = eras.encode_batch(era, events, ts=ts, dp_rank=1, hashes=hashes)
+        assert eras.encode_batch(era, raw, ts=ts, dp_rank=1, hashes=hashes) == direct
