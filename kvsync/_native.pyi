@@ -69,6 +69,9 @@ class KeyTable:
     def evict(self, target: int, /) -> int:
         """Evict least recently stored leaf keys until at most ``target`` remain."""
 
+    def evict_keys(self, target: int, /) -> list[int]:
+        """``evict``, returning the keys it evicted."""
+
     def count(self, slot: int, /) -> int:
         """Keys ``slot`` holds."""
 

@@ -242,16 +242,21 @@ class PrefixIndex(ContextRegistry):
                     by_key.move_to_end(ctx_key)
                     ctx.last_used = now
                 return
+        # Every context of the endpoint that maps the hash, not the first: a hybrid model whose
+        # KV-cache groups have different block sizes publishes one engine hash in two contexts
+        # (vLLM joins the sub-block hashes for the larger group), and only the context holding
+        # the named copy may lose it. Which context comes first is set order: never let it matter.
         mine = [(k, by_key[k]) for k in stored_into]
         for engine_hash in engine_hashes:
+            resolved = False
             for ctx_key, ctx in mine:
                 key = ctx.resolve(slot, engine_hash)
                 if key is not None:
+                    resolved = True
                     out.removed_blocks += ctx.remove(slot, engine_hash, key, copy)
                     by_key.move_to_end(ctx_key)
                     ctx.last_used = now
-                    break
-            else:
+            if not resolved:
                 out.unknown_removed += 1
 
     # -- reads --------------------------------------------------------------------------

@@ -252,7 +252,7 @@ static int sweep(KvTable *t) {
     return 0;
 }
 
-Py_ssize_t kt_evict(KvTable *t, uint32_t target) {
+Py_ssize_t kt_evict(KvTable *t, uint32_t target, uint64_t *evicted_keys) {
     Py_ssize_t evicted = 0;
     uint32_t spared = 0;
     while (t->n_keys > target) {
@@ -272,6 +272,7 @@ Py_ssize_t kt_evict(KvTable *t, uint32_t target) {
                 t->dangling++;
             }
         }
+        if (evicted_keys != NULL) evicted_keys[evicted] = kt_record(t, idx)[0];
         delete_entry(t, idx);
         evicted++;
         spared = 0;

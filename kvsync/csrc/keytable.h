@@ -103,7 +103,9 @@ Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *
 /* The slot stops holding ``idx`` in every copy; the key goes when no slot holds it. */
 void kt_release(KvTable *t, uint32_t idx, uint32_t slot);
 int64_t kt_clear_slot(KvTable *t, uint32_t slot);
-Py_ssize_t kt_evict(KvTable *t, uint32_t target);
+/* Evicts down to ``target`` keys; writes each evicted key to ``evicted_keys`` unless NULL (room
+ * for n_keys - target of them). */
+Py_ssize_t kt_evict(KvTable *t, uint32_t target, uint64_t *evicted_keys);
 void kt_free(KvTable *t);
 size_t kt_bytes(const KvTable *t);
 

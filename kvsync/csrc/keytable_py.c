@@ -201,8 +201,28 @@ static PyObject *table_clear_slot(KvTable *t, PyObject *arg) {
 static PyObject *table_evict(KvTable *t, PyObject *arg) {
     unsigned long target = PyLong_AsUnsignedLong(arg);
     if (target == (unsigned long)-1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t evicted = kt_evict(t, target > UINT32_MAX ? UINT32_MAX : (uint32_t)target);
+    Py_ssize_t evicted = kt_evict(t, target > UINT32_MAX ? UINT32_MAX : (uint32_t)target, NULL);
     return evicted < 0 ? PyErr_NoMemory() : PyLong_FromSsize_t(evicted);
+}
+
+/* ``evict`` returning the evicted keys: a context with per-copy breakdowns (Python) cleans
+ * exactly those, instead of scanning every breakdown. */
+static PyObject *table_evict_keys(KvTable *t, PyObject *arg) {
+    unsigned long target = PyLong_AsUnsignedLong(arg);
+    if (target == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    uint32_t bound = target > UINT32_MAX ? UINT32_MAX : (uint32_t)target;
+    size_t room = t->n_keys > bound ? t->n_keys - bound : 0;
+    uint64_t *keys = PyMem_RawMalloc((room ? room : 1) * sizeof(uint64_t));
+    if (keys == NULL) return PyErr_NoMemory();
+    Py_ssize_t evicted = kt_evict(t, bound, keys);
+    PyObject *out = evicted < 0 ? PyErr_NoMemory() : PyList_New(evicted);
+    for (Py_ssize_t i = 0; out != NULL && i < evicted; i++) {
+        PyObject *key = PyLong_FromUnsignedLongLong(keys[i]);
+        if (key == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, key);
+    }
+    PyMem_RawFree(keys);
+    return out;
 }
 
 
@@ -216,6 +236,7 @@ static PyMethodDef table_methods[] = {
     {"release", (PyCFunction)(void (*)(void))table_release, METH_FASTCALL, NULL},
     {"clear_slot", (PyCFunction)table_clear_slot, METH_O, NULL},
     {"evict", (PyCFunction)table_evict, METH_O, NULL},
+    {"evict_keys", (PyCFunction)table_evict_keys, METH_O, NULL},
     {"count", (PyCFunction)kt_py_count, METH_O, NULL},
     {"sizes", (PyCFunction)kt_py_sizes, METH_NOARGS, NULL},
     {"walk", (PyCFunction)(void (*)(void))kt_walk, METH_FASTCALL, NULL},

@@ -60,8 +60,12 @@ PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t bs = t->block_size;
     Py_ssize_t n_blocks = PySequence_Fast_GET_SIZE(seq) / bs;
     Py_ssize_t salt_len = salt == Py_None ? 0 : PyBytes_GET_SIZE(salt);
-    uint32_t *tokens = PyMem_Malloc((size_t)WALK_CHUNK * bs * sizeof(uint32_t));
-    char *scratch = PyMem_Malloc((size_t)bs * sizeof(uint32_t) + (size_t)salt_len + 1);
+    /* Sized by the query, not by the block size alone: a context's block size comes from events,
+     * and a query shorter than one block (n_blocks 0) allocates nothing to speak of. */
+    Py_ssize_t chunk_blocks = n_blocks < WALK_CHUNK ? n_blocks : WALK_CHUNK;
+    size_t block_bytes = n_blocks ? (size_t)bs * sizeof(uint32_t) : 0;
+    uint32_t *tokens = PyMem_Malloc((size_t)chunk_blocks * block_bytes + 1);
+    char *scratch = PyMem_Malloc(block_bytes + (size_t)salt_len + 1);
     Py_ssize_t position = 0;
     uint64_t key = KV_ROOT;
     int failed = runs == NULL || keys == NULL;

@@ -314,3 +314,72 @@ def test_the_largest_sequence_number_below_the_end_marker_is_a_batch() -> None:
     batch = decoder.decode_replay([b"", wire.encode_seq(seq), _encode([1.0, [], 0])])
     assert isinstance(batch, Batch)
     assert batch.seq == seq
+
+
+# --- poison frames: no input escapes the decoder ------------------------------------------------
+
+_GOOD_MAP = {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": None,
+             "token_ids": [1, 2], "block_size": 2}  # fmt: skip
+
+
+def _deep(levels: int) -> msgspec.Raw:
+    """``levels`` nested one-element arrays: msgspec raises RecursionError near 1,000."""
+    return msgspec.Raw(b"\x91" * levels + b"\x00")
+
+
+@pytest.mark.parametrize("where", ["extra_keys", "unknown_key", "batch_envelope", "event_list"])
+def test_deep_nesting_anywhere_is_a_nesting_decode_error_with_the_seq(where: str) -> None:
+    deep = _deep(5_000)
+    if where == "extra_keys":
+        payload = [1.0, [{**_GOOD_MAP, "extra_keys": [[deep]]}], 0]
+    elif where == "unknown_key":
+        payload = [1.0, [{**_GOOD_MAP, "future": deep}], 0]
+    elif where == "batch_envelope":
+        payload = [1.0, [], 0, deep]
+    else:
+        payload = [1.0, [deep], 0]
+    # msgspec skips (and checks the depth of) every value, even one it ignores: the whole
+    # message is unusable, and the handler must know its seq to place the loss in the stream.
+    with pytest.raises(DecodeError) as caught:
+        _live(payload, seq=41)
+    assert (caught.value.reason, caught.value.seq) == (Reason.NESTING, 41)
+    with pytest.raises(DecodeError) as caught:
+        decoder.decode_replay([b"", wire.encode_seq(41), _encode(payload)])
+    assert (caught.value.reason, caught.value.seq) == (Reason.NESTING, 41)
+
+
+def test_nesting_below_the_limit_in_an_unknown_key_still_decodes() -> None:
+    batch = _live([1.0, [{**_GOOD_MAP, "future": _deep(200)}], 0])
+    assert len(batch.events) == 1
+
+
+def test_rejections_name_the_event_type_when_it_can_be_read() -> None:
+    bad_removed = {"type": "BlockRemoved", "block_hashes": ["x"]}
+    bad_array = ["BlockRemoved", ["x"]]
+    bad_stored = {**_GOOD_MAP, "token_ids": [1]}
+    batch = _live([1.0, [bad_removed, bad_stored, {"type": 7}, "junk", _GOOD_MAP], 0])
+    kinds = [(r.position, r.kind, r.may_be_removal) for r in batch.rejected]
+    assert kinds == [
+        (0, "BlockRemoved", True),
+        (1, "BlockStored", False),
+        (2, None, True),
+        (3, None, True),
+    ]
+    (rejected,) = _live([1.0, [bad_array, ["AllBlocksCleared"]], 0]).rejected
+    assert (rejected.kind, rejected.may_be_removal) == ("BlockRemoved", True)
+
+
+def test_64_byte_hashes_of_merged_groups_are_accepted() -> None:
+    h64 = bytes(range(64))
+    removed = {"type": "BlockRemoved", "block_hashes": [h64]}
+    batch = _live([1.0, [{**_GOOD_MAP, "block_hashes": [h64]}, removed], 0])
+    assert [e.block_hashes for e in batch.events] == [[h64], [h64]]
+    assert not batch.rejected
+    (too_long,) = _live([1.0, [{**_GOOD_MAP, "block_hashes": [bytes(65)]}], 0]).rejected
+    assert too_long.reason is Reason.HASH
+
+
+def test_an_absurd_block_size_is_rejected() -> None:
+    (rejected,) = _live([1.0, [{**_GOOD_MAP, "block_hashes": [], "token_ids": [],
+                                "block_size": 1 << 40}], 0]).rejected  # fmt: skip
+    assert rejected.reason is Reason.EVENT_SHAPE

@@ -409,3 +409,55 @@ def test_stats_count_contexts_keys_and_entries() -> None:
     assert stats.engine_hashes == 4
     assert stats.bytes_estimate > 0
     assert stats.blocks == {A: 3, B: 1}
+
+
+def _hybrid(model: str) -> tuple[PrefixIndex, EndpointContext]:
+    """A hybrid model on A: group 0 at block size 4 (hashes 10, 11), group 1 at block size 8,
+    whose one block vLLM publishes under the joined hash of its two sub-blocks: 11 again."""
+    index, ctx = PrefixIndex(), EndpointContext(model)
+    apply(index, A, stored([10, 11], [0, 1], group_idx=0), ctx=ctx)
+    eight = BlockStored([11], None, encode_tokens(toks(0, 1)), 8, group_idx=1)
+    apply(index, A, eight, ctx=ctx)
+    return index, ctx
+
+
+def _model_whose_contexts_iterate(first_block_size: int) -> str:
+    """A model name for which the endpoint's contexts come out of their set with the given
+    block size first: the removal must not depend on that order, so the test tries both."""
+    for n in range(1000):
+        index, _ = _hybrid(f"hybrid-{n}")
+        (slot,) = index._slot_of.values()
+        if next(iter(index._in[slot]))[2] == first_block_size:
+            return f"hybrid-{n}"
+    raise AssertionError("no model name gives that order")
+
+
+@pytest.mark.parametrize("first_block_size", [4, 8])
+def test_a_removal_applies_in_every_context_that_holds_the_named_copy(
+    first_block_size: int,
+) -> None:
+    index, ctx = _hybrid(_model_whose_contexts_iterate(first_block_size))
+    model = ctx.model
+    assert runs(index, toks(0, 1), model=model) == {A: 2}  # 8 tokens in either context
+    out = apply(index, A, removed([11], group_idx=1), removed([11], group_idx=0), ctx=ctx)
+    assert (out.removed_blocks, out.unknown_removed) == (2, 0)
+    result = index.match(Query(model, toks(0, 1)), 0.0)
+    assert [(m.matched_tokens, m.block_size) for m in result.matches] == [(4, 4)]
+
+
+def test_clearing_an_endpoint_costs_what_it_holds_not_what_the_context_holds() -> None:
+    index = PrefixIndex()
+    blocks = list(range(2000))  # B holds many CPU copies: breakdowns in the context
+    apply(index, B, stored([1000 + b for b in blocks], blocks, medium="CPU"))
+    apply(index, A, stored([10, 11], [0, 1], medium="CPU"))
+    (ctx,) = index._contexts.values()
+    slot_a, slot_b = index._slot_of[A], index._slot_of[B]
+    assert len(ctx.copied[slot_a]) == 2  # what A's clear walks
+    assert len(ctx.copied[slot_b]) == 2000
+    out = apply(index, A, AllBlocksCleared())
+    assert out.removed_blocks == 2
+    assert slot_a not in ctx.copied
+    assert len(ctx.copies) == 2000  # B's breakdowns untouched (block 0 and 1: B's alone now)
+    assert only(index, toks(0, 1)).by_medium == {"CPU": 2}
+    assert index.drop_endpoint(B) == 2000
+    assert not ctx.copied
