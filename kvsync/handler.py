@@ -119,6 +119,8 @@ class EndpointHandler(Generic[ContextT]):
         self.endpoint, self.context, self.has_replay = endpoint, context, has_replay
         self.settings = settings
         self.gaps = self.resets = self.replays = 0  # replays: requests sent
+        self.duplicates = 0  # live copies of batches a replay had applied, skipped
+        self.reset_reasons: dict[str, int] = {}  # resets by ingest.ResetReason value
         self._writer = writer
         self._last: int | None = None  # highest seq applied
         self._last_live: int | None = None  # highest seq seen on the live socket
@@ -257,6 +259,7 @@ class EndpointHandler(Generic[ContextT]):
             # last_live < seq <= last (on_live checked the first): the replay overtook the live
             # path and already applied this batch.
             out.duplicates += 1
+            self.duplicates += 1
 
     def _restart(self, batch: Batch, now: ingest.Instant, out: ingest.Outcome) -> None:
         self._replay = None
@@ -305,6 +308,7 @@ class EndpointHandler(Generic[ContextT]):
             self._drop(ingest.ResetReason.HOLE, out)
         if self._last is not None and seq <= self._last:
             out.duplicates += 1
+            self.duplicates += 1
             return
         replay.applied += 1
         self._apply(batch, now, out, live=False)
@@ -347,6 +351,7 @@ class EndpointHandler(Generic[ContextT]):
         out.dropped_blocks += self._writer.drop_endpoint(self.endpoint)
         out.resets = (*out.resets, reason)
         self.resets += 1
+        self.reset_reasons[reason.value] = self.reset_reasons.get(reason.value, 0) + 1
         self._last = None
         self._partial = True
 

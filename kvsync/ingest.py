@@ -132,6 +132,8 @@ class EndpointStats:
     replays: int  # replay requests sent
     resets: int
     decode_errors: int
+    duplicates: int = 0  # live copies of replayed batches, skipped
+    reset_reasons: Mapping[str, int] = field(default_factory=dict)  # by ResetReason value
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ class Snapshot:
     sequence_gaps: int = 0
     replays: Mapping[str, int] = field(default_factory=dict)  # by result
     resets: Mapping[str, int] = field(default_factory=dict)  # by reason
+    duplicates: int = 0  # live batches a replay had already applied
     endpoints: Mapping[str, int] = field(default_factory=dict)  # by state
     index_blocks: int = 0
     index_contexts: int = 0
@@ -153,6 +154,11 @@ class SnapshotCollector(Collector):
             "Times an endpoint's index state was dropped, by reason",
             "reason",
             snap.resets,
+        )
+        yield CounterMetricFamily(
+            "kvsync_duplicates_skipped",
+            "Live copies of batches a replay had already applied, skipped",
+            value=snap.duplicates,
         )
         states = GaugeMetricFamily(
             "kvsync_endpoints", "Subscribed endpoints, by state", labels=["state"]

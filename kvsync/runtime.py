@@ -168,6 +168,7 @@ class Daemon:
             sequence_gaps=ingest.gaps,
             replays=ingest.replays,
             resets=ingest.resets,
+            duplicates=ingest.duplicates,
             endpoints=ingest.endpoints_by_state(),
             index_blocks=stats.entries,
             index_contexts=stats.contexts,

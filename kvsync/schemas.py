@@ -70,6 +70,8 @@ class PodStatus(msgspec.Struct, frozen=True):
     replays: int
     resets: int
     decode_errors: int
+    duplicates: int  # live copies of batches a replay had already applied, skipped
+    reset_reasons: dict[str, int]  # resets by reason (restart, hole, lost_removal, ...)
 
 
 def pod_rows(stats: IngestStats, now: float) -> list[PodStatus]:
@@ -93,6 +95,8 @@ def pod_rows(stats: IngestStats, now: float) -> list[PodStatus]:
                 replays=found.replays,
                 resets=found.resets,
                 decode_errors=found.decode_errors,
+                duplicates=found.duplicates,
+                reset_reasons=dict(found.reset_reasons),
             )
         )
     rows.sort(key=lambda row: (row.pod, row.dp_rank))

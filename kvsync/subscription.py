@@ -116,4 +116,6 @@ class Subscription:
             h.replays,
             h.resets,
             self.decode_errors,
+            h.duplicates,
+            dict(h.reset_reasons),
         )

@@ -81,6 +81,8 @@ def pod_status(endpoint: EndpointId, blocks: int) -> schemas.PodStatus:
         replays=1,
         resets=0,
         decode_errors=0,
+        duplicates=0,
+        reset_reasons={},
     )
 
 

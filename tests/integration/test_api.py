@@ -118,7 +118,7 @@ def test_pods_lists_endpoints_in_the_contract_shape(client: httpx.Client) -> Non
     assert [p["pod"] for p in pods] == ["default/vllm-a", "default/vllm-b", "default/vllm-b"]
     assert set(pods[0]) >= {"pod", "dp_rank", "model", "pub", "replay", "state", "last_seq",
                             "last_event_age_s", "blocks", "gaps", "replays", "resets",
-                            "decode_errors"}  # fmt: skip
+                            "decode_errors", "duplicates", "reset_reasons"}  # fmt: skip
     assert (pods[2]["dp_rank"], pods[2]["blocks"], pods[2]["state"]) == (1, 2, "live")
 
 

@@ -4,13 +4,14 @@ import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 
+import msgspec
 import pytest
 import zmq
 from structlog.testing import capture_logs
 
 from kvsync.index import ApplyOutcome, EndpointContext, Limits, PrefixIndex
 from kvsync.model import BlockStored, EndpointId, Event, encode_tokens
-from kvsync.sim import Fleet, Malformed
+from kvsync.sim import Fleet, Malformed, Request, SimQuery
 from tests.integration.ingest_harness import eventually, running_daemon, score, settle
 
 pytestmark = pytest.mark.integration
@@ -185,3 +186,50 @@ def test_the_ingest_thread_sweeps_idle_contexts() -> None:
             index.apply(quiet, EndpointContext("m"), [stored], time.monotonic() - 60.0)
         eventually(lambda: index.blocks_held(quiet) == 0, what="idle context swept")
     assert index.evictions == {"idle_ttl": 2}
+
+
+def _poison() -> msgspec.Raw:
+    """A BlockStored with 5,000 levels of nesting in an unknown key: about 5 KB that made
+    msgspec raise RecursionError, which used to end the ingest thread (and, being in the pod's
+    replay buffer, the next daemon's warm start too)."""
+    deep = msgspec.Raw(b"\x91" * 5_000 + b"\x00")
+    return msgspec.Raw(msgspec.msgpack.encode({"type": "BlockStored", "future": deep}))
+
+
+def test_a_poison_frame_over_a_live_sub_is_counted_and_the_pod_recovers() -> None:
+    with running_daemon() as daemon, Fleet(pods=2, dp_sizes=(1,)) as fleet:
+        poisoned, other = fleet.ids
+        for endpoint in fleet.endpoints():
+            daemon.manager.set_endpoint(endpoint)
+        fleet.wait_for_subscribers()
+        fleet.step(20)
+        settle(daemon, fleet)
+        fleet.publisher(poisoned).publish([_poison()])  # a real batch: it takes a seq
+        fleet.step(20)
+        settle(daemon, fleet)
+        stats = daemon.manager.snapshot()
+        assert stats.decode_errors == {"nesting": 1}
+        # It may have held removals: the pod's state was dropped, in stream order, and ingest
+        # went on from the next seq (no replay of a frame that would fail again).
+        assert stats.resets == {"undecodable": 1}
+        assert not daemon.manager.failed.is_set()
+        assert score(daemon, fleet).precision == 1.0
+        # A prompt nobody sent before, stored after the storm: indexed, and matched exactly.
+        prompt = tuple(range(900_000, 900_000 + 4 * fleet.block_size))
+        assert fleet.submit(poisoned, Request(prompt))
+        settle(daemon, fleet)
+        query = SimQuery(fleet.model, prompt)
+        assert daemon.answer(query) == fleet.ground_truth(query) == {poisoned: 4}
+        # The well-behaved endpoint never lost anything.
+        for _ in range(150):
+            query = fleet.sample_query()
+            assert daemon.answer(query).get(other) == fleet.ground_truth(query).get(other)
+    # A daemon started afresh replays the buffer that holds the poison frame: it survives too.
+    with running_daemon() as daemon, Fleet(pods=1, dp_sizes=(1,)) as fleet:
+        (endpoint,) = fleet.endpoints()
+        fleet.publisher(endpoint.id).publish([_poison()])
+        fleet.step(5)
+        daemon.manager.set_endpoint(endpoint)
+        settle(daemon, fleet)
+        assert daemon.manager.snapshot().decode_errors == {"nesting": 1}
+        assert score(daemon, fleet).precision == 1.0
