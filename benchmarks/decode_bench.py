@@ -26,7 +26,9 @@ from typing import Any
 
 import msgspec
 
-from kvsync import decoder, model, wire
+from kvsync import model
+from kvsync.events import wire
+from kvsync.events.decode import decode_live
 
 BLOCK = 16
 
@@ -78,7 +80,7 @@ def _check_typed(messages: list[list[bytes]], blocks: int) -> None:
     """Every event decodes (none rejected) with its tokens validated, as the timed loop does."""
     seen = 0
     for frames in messages:
-        batch = decoder.decode_live(frames)
+        batch = decode_live(frames)
         if batch.rejected:
             raise SystemExit(f"the typed decoder rejected events: {batch.rejected}")
         for event in batch.events:
@@ -102,7 +104,7 @@ def main() -> None:
 
     def typed_run() -> None:
         for frames in messages:
-            decoder.decode_live(frames)
+            decode_live(frames)
 
     def untyped_run() -> None:
         for payload in payloads:

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvsync import discovery
-from kvsync.discovery import EndpointTable, PodDefaults, Skipped
+from kvsync.discovery.base import EndpointTable
+from kvsync.discovery.kubernetes import pods
+from kvsync.discovery.kubernetes.pods import PodDefaults, Skipped
 from kvsync.model import Endpoint
 
 
@@ -51,9 +52,9 @@ def relist(items: list[Any], table: EndpointTable, defaults: PodDefaults) -> int
     """What the informer does with a listed body: map every pod, diff against the table."""
     desired: dict[str, list[Endpoint]] = {}
     for raw in items:
-        view = discovery.read_pod(raw)
-        found = view if isinstance(view, Skipped) else discovery.pod_endpoints(view, defaults)
-        if isinstance(view, discovery.PodView):
+        view = pods.read_pod(raw)
+        found = view if isinstance(view, Skipped) else pods.pod_endpoints(view, defaults)
+        if isinstance(view, pods.PodView):
             desired[view.key] = [] if isinstance(found, Skipped) else found
     return len(table.replace_all(desired))
 

@@ -29,8 +29,9 @@ import msgspec
 import xxhash
 from index_workload import BS, ENDPOINTS, MODEL, Workload, build
 
-from kvsync import decoder
-from kvsync.index import EndpointContext, PrefixIndex, Query
+from kvsync.events.decode import decode_payload
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import EndpointContext, Query
 from kvsync.model import EndpointId
 
 
@@ -105,7 +106,7 @@ def run_variant(variant: str, work: Workload) -> dict[str, Any]:
 
         def ingest() -> None:
             for e, seq, payload in work.frames:
-                index.apply(ids[e], ctx, decoder.decode_payload(seq, payload).events, 0.0)
+                index.apply(ids[e], ctx, decode_payload(seq, payload).events, 0.0)
 
         def match(q: list[int]) -> dict[int, int]:
             r = index.match(Query(MODEL, q), 0.0)

@@ -28,7 +28,6 @@ import logging
 import multiprocessing as mp
 import statistics
 import struct
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,10 +38,15 @@ from typing import Any
 import structlog
 import zmq
 
-from kvsync import decoder, wire
-from kvsync.handler import EndpointHandler
-from kvsync.index import EndpointContext, PrefixIndex
-from kvsync.ingest import IngestSettings, Instant
+from kvsync.events import wire
+from kvsync.events.decode import decode_live
+from kvsync.index.memory.backend import MemoryBackend
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import EndpointContext
+from kvsync.ingest.endpoint import EndpointWriter
+from kvsync.ingest.manager import SubscriberManager
+from kvsync.ingest.sequencer import EndpointHandler
+from kvsync.ingest.values import IngestSettings, Instant
 from kvsync.model import (
     AllBlocksCleared,
     BlockRemoved,
@@ -53,8 +57,6 @@ from kvsync.model import (
 )
 from kvsync.sim import Engine, Era, Mix, PromptLibrary, Workload
 from kvsync.sim.eras import encode_batch
-from kvsync.subscribers import SubscriberManager
-from kvsync.subscription import LockedWriter
 
 ERA = Era.V0_33
 STREAMS = 4
@@ -206,8 +208,9 @@ def _subscribe_all(manager: SubscriberManager, addresses: list[str], conn: Conne
 def socket_run(conn: Connection, addresses: list[str], positions: list[list[int]],
                blocks: int, rate: float | None) -> dict[str, Any]:  # fmt: skip
     recorder = Recorder()
-    index, lock = PrefixIndex(), threading.Lock()
-    manager = SubscriberManager(index, lock, settings=IngestSettings(), on_lag=recorder)
+    manager = SubscriberManager(
+        MemoryBackend(PrefixIndex()), settings=IngestSettings(), on_lag=recorder
+    )
     manager.start()
     try:
         _subscribe_all(manager, addresses, conn)
@@ -263,12 +266,12 @@ def in_process_run(
     ``decode`` only decodes; ``handler`` adds the sequence handler with an index that does
     nothing; ``full`` is decode + handler + the real index under its lock (what ingest does).
     """
-    index, lock = PrefixIndex(), threading.Lock()
+    backend = MemoryBackend(PrefixIndex())
     handlers = [
         EndpointHandler(
             EndpointId(f"bench/pod-{p}"),
             EndpointContext("model"),
-            LockedWriter(index, lock, None) if stage == "full" else NullIndex(),
+            EndpointWriter(backend) if stage == "full" else NullIndex(),
             has_replay=False,
         )
         for p in range(len(positions))
@@ -279,7 +282,7 @@ def in_process_run(
         for p in range(len(positions))
     ]  # fmt: skip
     longest = max(len(p) for p in positions)
-    decode, started = decoder.decode_live, time.perf_counter()
+    decode, started = decode_live, time.perf_counter()
     for step in range(longest):
         for p, handler in enumerate(handlers):
             if step < len(frames[p]):
@@ -290,8 +293,7 @@ def in_process_run(
 
 
 def idle_cpu(conn: Connection, addresses: list[str], seconds: float) -> dict[str, Any]:
-    index, lock = PrefixIndex(), threading.Lock()
-    manager = SubscriberManager(index, lock)
+    manager = SubscriberManager(MemoryBackend(PrefixIndex()))
     manager.start()
     try:
         _subscribe_all(manager, addresses, conn)

@@ -24,7 +24,8 @@ from typing import Any
 import msgspec
 import zmq
 
-from kvsync import model, wire
+from kvsync import model
+from kvsync.events import wire
 from kvsync.sim import (
     DEFAULT_ADAPTER,
     Engine,

@@ -1,5 +1,5 @@
 """``python -m kvsync`` is the ``kvsync`` command."""
 
-from kvsync.cli import main
+from kvsync.daemon.cli import main
 
 raise SystemExit(main())

@@ -75,6 +75,16 @@ INFORMER_ERRORS: Final = Counter(
     registry=None,
 )
 
+_WAIT_BY_SIDE: Final = {side: LOCK_WAIT.labels(side=side) for side in ("ingest", "http")}
+_HOLD_BY_SIDE: Final = {side: LOCK_HOLD.labels(side=side) for side in ("ingest", "http")}
+
+
+def observe_lock(side: str, wait_s: float, hold_s: float) -> None:
+    """The index backend's lock hook (``kvsync.index.backend.LockHook``): one wait, one hold."""
+    _WAIT_BY_SIDE[side].observe(wait_s)
+    _HOLD_BY_SIDE[side].observe(hold_s)
+
+
 PUSHED: Final = (
     MATCH_REQUESTS,
     MATCH_DURATION,

@@ -1,5 +1,6 @@
-/* One index context's tables: see keytable.h; the semantics are kvsync/contexts.py's. No Python
- * API in here (raw allocators, no exceptions): keytable_py.c runs the writes without the GIL. */
+/* One index context's tables: see keytable.h; the semantics are those of
+ * kvsync/index/memory/context.py. No Python API in here (raw allocators, no exceptions):
+ * keytable_type.c runs the writes without the GIL. */
 #include "keytable.h"
 
 #define MIN_BUCKET_BITS 4
@@ -182,7 +183,7 @@ Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *
     }
     Py_ssize_t fresh_keys = 0;
     int child_new = 0; /* whether the block after this one is a new key */
-    for (Py_ssize_t i = n - 1; i >= 0; i--) { /* deepest first: see kvsync/contexts.py */
+    for (Py_ssize_t i = n - 1; i >= 0; i--) { /* deepest first: see kvsync/index/memory/context.py */
         uint64_t key = keys[i];
         uint64_t previous = kv_map_put(map, hashes[i], key);
         if (previous == UINT64_MAX) return -1;

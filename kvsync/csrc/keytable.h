@@ -1,5 +1,6 @@
-/* One index context's tables (keytable.c); the Python type around them is keytable_py.c (the
- * writes) and keytable_reads.c (the walk and the other reads).
+/* One index context's tables (keytable.c: no Python API, so its writes run without the GIL);
+ * the Python type around them, the KeyTable (its writes, the walk and the other reads), is
+ * keytable_type.c, the only file here that parses Python arguments or raises.
  *
  * Per block key one record in a dense array: the key, a holder bit mask of ``words`` uint64
  * (the endpoint slots holding any copy of the block), then its parent key, its present-children
@@ -17,7 +18,7 @@
 
 typedef struct {
     uint64_t parent;
-    uint32_t children; /* present keys whose parent is this key (see kvsync/contexts.py) */
+    uint32_t children; /* present keys whose parent is this key (see kvsync/index/memory/context.py) */
     uint32_t older;    /* recency neighbours; ``older`` also links the free list */
     uint32_t newer;
     uint32_t unused;
@@ -65,37 +66,14 @@ static inline void kt_prefetch(const KvTable *t, uint64_t key) {
     if (t->buckets != NULL) __builtin_prefetch(&t->buckets[kt_home(key, t->bucket_bits)]);
 }
 
-#define MAX_SLOT (1u << 16) /* endpoints per index: far above any fleet (keytable_reads.c) */
-
-static inline int kt_read_slot(PyObject *arg, uint32_t *slot) {
-    unsigned long value = PyLong_AsUnsignedLong(arg);
-    if (value == (unsigned long)-1 && PyErr_Occurred()) return -1;
-    if (value >= MAX_SLOT) {
-        PyErr_SetString(PyExc_OverflowError, "slot out of range");
-        return -1;
-    }
-    *slot = (uint32_t)value;
-    return 0;
-}
-
-static inline int kt_read_u64(PyObject *arg, uint64_t *out) {
-    *out = PyLong_AsUnsignedLongLong(arg);
-    return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
-}
-
-/* Calls with a fixed argument count: a TypeError otherwise. */
-#define ARGS(n, usage)                                   \
-    if (nargs != (n)) {                                  \
-        PyErr_SetString(PyExc_TypeError, usage);         \
-        return NULL;                                     \
-    }
+#define MAX_SLOT (1u << 16) /* endpoints per index: far above any fleet (keytable_type.c) */
 
 uint32_t kt_find(const KvTable *t, uint64_t key);
 int kt_ensure_slot(KvTable *t, uint32_t slot);
 static inline int kt_has(const KvTable *t, uint32_t idx, uint32_t slot) {
     return (int)(kt_mask(t, idx)[slot / 64] >> (slot % 64) & 1);
 }
-/* The table functions use no Python API (they run without the GIL, see keytable_py.c): -1
+/* The table functions use no Python API (they run without the GIL, see keytable_type.c): -1
  * means out of memory, and the caller raises MemoryError. */
 /* Keys a slot newly holds; -1 when out of memory. */
 Py_ssize_t kt_store(KvTable *t, uint32_t slot, uint64_t parent, const uint64_t *hashes,
@@ -108,12 +86,5 @@ int64_t kt_clear_slot(KvTable *t, uint32_t slot);
 Py_ssize_t kt_evict(KvTable *t, uint32_t target, uint64_t *evicted_keys);
 void kt_free(KvTable *t);
 size_t kt_bytes(const KvTable *t);
-
-/* The KeyTable methods that only read (keytable_reads.c). */
-PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs);
-PyObject *kt_py_holders(KvTable *t, PyObject *arg);
-PyObject *kt_py_resolve(KvTable *t, PyObject *const *args, Py_ssize_t nargs);
-PyObject *kt_py_count(KvTable *t, PyObject *arg);
-PyObject *kt_py_sizes(KvTable *t, PyObject *unused);
 
 #endif

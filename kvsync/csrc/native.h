@@ -7,12 +7,12 @@
  *
  * Pure like the Python core around it: no I/O, no threads, no clock. Every function is called
  * with the GIL held and under the index's lock; the table writes let go of the GIL inside (see
- * keytable_py.c), which that lock makes safe.
+ * keytable_type.c), which that lock makes safe: keytable.c and u64map.c use no Python API.
  *
  * Files: tokens.c (msgpack / list token ids -> uint32, block keys), u64map.c (engine hash ->
  * key maps), keytable.c (one index context: keys, holders, recency, eviction; no Python API),
- * keytable_py.c (the KeyTable type and its writes), keytable_reads.c (the walk and the other
- * reads), module.c.
+ * keytable_type.c (the KeyTable Python type: its writes, the walk and the other reads),
+ * module.c.
  */
 #ifndef KVSYNC_NATIVE_H
 #define KVSYNC_NATIVE_H

@@ -1,7 +1,7 @@
 """The simulated vLLM fleet: engines, KV-event publishers on loopback, traffic, ground truth.
 
 Used by ``kvsync demo``, the integration tests and the benchmarks; documented in
-docs/simulator.md. I/O edge: ``publisher`` (+ ``publisher_loop``, ``publisher_commands``),
+docs/simulator.md. I/O edge: ``publisher`` (+ ``publisher_commands``),
 ``sockets`` and ``fleet`` use zmq and threads; ``engine``, ``groundtruth``, ``workload``, ``eras``
 and ``records`` are pure and deterministic given a seed.
 

@@ -29,7 +29,8 @@ from typing import Any, Final
 
 import msgspec
 
-from kvsync import model, wire
+from kvsync import model
+from kvsync.events import wire
 from kvsync.sim.records import SimError
 
 WireHash = int | bytes

@@ -28,7 +28,8 @@ from typing import Final
 
 import msgspec
 
-from kvsync import model, wire
+from kvsync import model
+from kvsync.events import wire
 from kvsync.sim import eras
 from kvsync.sim.engine import Engine
 from kvsync.sim.records import Adapter

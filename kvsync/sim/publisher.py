@@ -5,9 +5,11 @@ PUB/XPUB and the ROUTER replay socket). Every public method is thread-safe: it o
 on a queue and wakes that thread through a pipe, which the thread polls together with its sockets,
 so batches, fault knobs and replay requests are handled in order and at once (no polling timer).
 ``close()`` stops the thread within a bounded join and closes every socket (linger 0).
-The thread's side (the poll loop, command handling) is the base class
-``kvsync.sim.publisher_loop.PublisherLoop``; the queued commands are in
-``kvsync.sim.publisher_commands``.
+The thread's side (one poll over the wake pipe, the replay ROUTER and the XPUB for subscription
+frames; each queued command handled in order, then replay requests answered from the buffer) is
+the second half of the class; the queued commands are in ``kvsync.sim.publisher_commands``. A
+failure inside the thread is stored by the guard in ``_run`` and the sockets are closed when the
+loop ends.
 
 Wire (see ``kvsync.sim.eras`` for the per-release layouts):
 - live: ``[topic, seq (8-byte BE), payload]``; seq counts batches from 0.
@@ -35,6 +37,7 @@ import msgspec
 import zmq
 
 from kvsync import model
+from kvsync.events import wire
 from kvsync.sim import eras, sockets
 from kvsync.sim.publisher_commands import (
     Command,
@@ -47,12 +50,11 @@ from kvsync.sim.publisher_commands import (
     SetReplayCapacity,
     Stop,
 )
-from kvsync.sim.publisher_loop import PublisherLoop
 from kvsync.sim.records import SimError, SimTimeoutError
 from kvsync.sim.sockets import Malformed
 
 
-class Publisher(PublisherLoop):
+class Publisher:
     """One endpoint's publisher; binds in the constructor, runs until ``close()``."""
 
     def __init__(
@@ -224,3 +226,107 @@ class Publisher(PublisherLoop):
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise SimError(f"publisher thread failed: {self._failure!r}") from self._failure
+
+    # -- the publisher's own thread: poll loop and command handling --------------------------
+
+    def _encode(self, events: Sequence[model.Event | msgspec.Raw], ts: float | None) -> bytes:
+        stamp = self._clock() if ts is None else ts
+        return eras.encode_batch(
+            self.era, events, ts=stamp, dp_rank=self.dp_rank, hashes=self.hashes
+        )
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        if self._router is not None:
+            poller.register(self._router, zmq.POLLIN)
+        if self._xpub:
+            poller.register(self._live, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if self._wake_r in ready:
+                    sockets.drain_pipe(self._wake_r)
+                if not self._handle_commands():
+                    return
+                if self._router is not None and self._router in ready:
+                    sockets.serve_replays(
+                        self._router, self.era, self._topic, self._buffer, self._count
+                    )
+                if self._live in ready:
+                    self._read_subscriptions()
+        except Exception as exc:  # noqa: BLE001  # thread guard: reported by flush() and close()
+            with self._changed:
+                self._failure = exc
+                self._changed.notify_all()
+        finally:
+            self._close_sockets()
+
+    def _handle_commands(self) -> bool:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if isinstance(command, Stop):
+                return False
+            self._handle(command)
+            with self._changed:
+                self._done += 1
+                self._changed.notify_all()
+
+    def _handle(self, command: Command) -> None:
+        match command:
+            case SendBatch(payload, malformed):
+                if malformed:  # counted before it leaves: a receiver then sees the count
+                    self._count("malformed")
+                self._send_batch(payload)
+            case DropNext(count, replayable):
+                self._drop_live, self._drop_replayable = count, replayable
+            case SetReplayCapacity(batches):
+                self._buffer = deque(self._buffer, maxlen=batches)
+            case Restart():
+                with self._changed:
+                    self._seq, self._drop_live = 0, 0
+                    self._buffer.clear()
+            case SendFrames(frames):
+                self._live.send_multipart(frames)
+            case SendMalformed(kind):
+                empty = self._encode([], None)
+                self._count("malformed")
+                self._live.send_multipart(
+                    sockets.malformed_frames(kind, self._topic, self._seq, empty)
+                )
+
+    def _send_batch(self, payload: bytes) -> None:
+        seq = self._seq
+        with self._changed:
+            self._seq += 1
+        if self._drop_live:
+            self._drop_live -= 1
+            self._count("dropped")
+            if self._drop_replayable:
+                self._buffer.append((seq, payload))
+            return
+        self._buffer.append((seq, payload))
+        self._count("sent")
+        self._live.send_multipart([self._topic, wire.encode_seq(seq), payload])
+
+    def _read_subscriptions(self) -> None:
+        while True:
+            try:
+                message = self._live.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self._count("subscriptions")
+
+    def _count(self, name: str) -> None:
+        with self._changed:
+            self._counts[name] += 1
+            self._changed.notify_all()
+
+    def _close_sockets(self) -> None:
+        self._live.close(linger=0)
+        if self._router is not None:
+            self._router.close(linger=0)

@@ -13,7 +13,7 @@ from typing import Final
 
 import zmq
 
-from kvsync import wire
+from kvsync.events import wire
 from kvsync.sim import eras
 from kvsync.sim.records import SimError
 

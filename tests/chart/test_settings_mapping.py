@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kvsync import config
+from kvsync.daemon import config
 from tests.chart.rendering import ALL_OPTIONS, CHART, STATIC, Chart, Rendered, load_values
 
 pytestmark = pytest.mark.timeout(300)  # the first test may install the tools (scripts/tools.sh)

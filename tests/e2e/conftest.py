@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kvsync.informer import Informer, InformerOptions, Sink
+from kvsync.discovery.base import Sink
+from kvsync.discovery.kubernetes.source import Informer
+from kvsync.discovery.kubernetes.watch import InformerOptions
 from tests.e2e.cluster import APISERVER_BIN, Cluster, Pods
 
 _namespaces = itertools.count()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from kvsync.index import Query
+from kvsync.index.values import Query
 from kvsync.model import BlockStored, EndpointId, encode_tokens
 from kvsync.sim.publisher import Publisher
 from tests.e2e.cluster import MODEL_LABEL, Cluster, Pods, eventually, free_port
@@ -48,15 +48,13 @@ def stored(first_hash: int, tokens: list[int] = TOKENS) -> BlockStored:
 
 
 def held(daemon: Daemon, endpoint: EndpointId) -> int:
-    with daemon.lock:
-        return daemon.index.blocks_held(endpoint)
+    return daemon.index.blocks_held(endpoint)
 
 
 def matched(daemon: Daemon, pods: set[str]) -> dict[EndpointId, int]:
-    with daemon.lock:
-        result = daemon.index.match(
-            Query(model="llama", token_ids=TOKENS, pods=frozenset(pods)), time.monotonic()
-        )
+    result = daemon.index.match(
+        Query(model="llama", token_ids=TOKENS, pods=frozenset(pods)), time.time()
+    )
     return {m.endpoint: m.matched_blocks for m in result.matches}
 
 

@@ -6,7 +6,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from kvsync import api, index, metrics, schemas, server
+from kvsync import metrics
+from kvsync.http import schemas, server
+from kvsync.http.app import Api, ApiSettings, create_app
+from kvsync.index import values
+from kvsync.index.memory import index
+from kvsync.index.memory.backend import MemoryBackend
 from kvsync.model import BlockStored, EndpointId, encode_tokens
 
 MODEL = "llama"
@@ -62,8 +67,8 @@ def store(
         medium=medium,
         lora_name=lora_name,
     )
-    context = index.EndpointContext(model=model, lora_id=None)
-    prefix_index.apply(endpoint, context, [event], time.monotonic())  # the clock match() uses
+    context = values.EndpointContext(model=model, lora_id=None)
+    prefix_index.apply(endpoint, context, [event], time.time())  # the clock match() uses
 
 
 def pod_status(endpoint: EndpointId, blocks: int) -> schemas.PodStatus:
@@ -100,17 +105,18 @@ def running_api(
 ) -> Iterator[Harness]:
     """Serve the API on a free port for the duration of the block; the server must stop."""
     used = index.PrefixIndex() if prefix_index is None else prefix_index
-    lock = threading.Lock()
+    backend = MemoryBackend(used, on_lock=metrics.observe_lock)
+    lock = backend.lock
     health = FakeHealth()
     harness_ages = dict(ages or {})
-    app = api.create_app(
-        api.Api(
-            reader=api.IndexReader(used, lock),
+    app = create_app(
+        Api(
+            reader=backend,
             pods=lambda: pods,
             event_age=harness_ages.get,
             health=health,
             registry=metrics.registry(None if snapshot is None else lambda: snapshot),
-            settings=api.ApiSettings(
+            settings=ApiSettings(
                 max_body_bytes=max_body_bytes,
                 max_query_tokens=max_query_tokens,
                 api_token=token,

@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from kvsync.index import PrefixIndex, Query
-from kvsync.ingest import EndpointStats, IngestSettings, ReplaySettings
+from kvsync.index.memory.backend import MemoryBackend
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import Query
+from kvsync.ingest.manager import SubscriberManager
+from kvsync.ingest.values import EndpointStats, IngestSettings, ReplaySettings
 from kvsync.model import EndpointId
 from kvsync.sim import Fleet, SimQuery
-from kvsync.subscribers import SubscriberManager
 
 SETTLE_S = 20.0
 
@@ -42,7 +44,7 @@ class Daemon:
                     cache_salt=query.cache_salt,
                     pods=pods,
                 ),
-                time.monotonic(),
+                time.time(),
             )
         return {m.endpoint: m.matched_blocks for m in result.matches}
 
@@ -58,11 +60,11 @@ def running_daemon(
     expect_failure: bool = False,
     sweep_interval_s: float = 60.0,
 ) -> Iterator[Daemon]:
-    index, lock = index or PrefixIndex(), threading.Lock()
+    backend = MemoryBackend(index or PrefixIndex())
+    index, lock = backend.index, backend.lock
     handler = ReplaySettings(replay_timeout_s=replay_timeout_s, replay_cooldown_s=replay_cooldown_s)
     manager = SubscriberManager(
-        index,
-        lock,
+        backend,
         settings=IngestSettings(
             handler=handler, poll_ms=poll_ms, sweep_interval_s=sweep_interval_s
         ),

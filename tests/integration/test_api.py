@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kvsync import index, metrics
+from kvsync import metrics
+from kvsync.index.memory import index
 from kvsync.model import EndpointId
 from tests.integration.api_harness import BLOCK, MODEL, pod_status, running_api, store
 

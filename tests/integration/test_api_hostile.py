@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvsync import index
+from kvsync.index.memory import index
 from kvsync.model import EndpointId
 from tests.integration.api_harness import MODEL, running_api, store
 

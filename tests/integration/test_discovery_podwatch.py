@@ -9,10 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
-from kvsync.discovery import PodDefaults
+from kvsync.discovery.kubernetes.pods import PodDefaults
+from kvsync.discovery.kubernetes.watch import (
+    GoneError,
+    InformerOptions,
+    NamespaceWatch,
+    WatchEventError,
+    backoff_delay,
+)
 from kvsync.model import EndpointId
-from kvsync.podwatch import InformerOptions, NamespaceWatch, backoff_delay
-from kvsync.watchstream import GoneError, WatchEventError
 from tests.e2e.cluster import RecordingSink
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kvsync import specs
+from kvsync.discovery.endpoints import parse_endpoint_spec
+from kvsync.discovery.static import StaticDiscovery
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint, EndpointId
-from kvsync.static import StaticDiscovery
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-FLAG = specs.parse_endpoint_spec("name=flagged,model=m,pub=tcp://127.0.0.1:6000")
+FLAG = parse_endpoint_spec("name=flagged,model=m,pub=tcp://127.0.0.1:6000")
 A = "- {name: a, model: m, pub: 'tcp://127.0.0.1:5557', dp_size: 2}\n"
 B = "- {name: b, model: m, pub: 'tcp://127.0.0.1:5600'}\n"
 

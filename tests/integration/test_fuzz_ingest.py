@@ -17,7 +17,6 @@ campaign (a million frames, ``kvsync serve`` as a subprocess) is benchmarks/fuzz
 """
 
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,14 +25,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from kvsync import wire
-from kvsync.index import PrefixIndex, Query
-from kvsync.ingest import IngestSettings, ReplaySettings, SocketOptions
+from kvsync.events import wire
+from kvsync.index.memory.backend import MemoryBackend
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import Query
+from kvsync.ingest.manager import SubscriberManager
+from kvsync.ingest.values import IngestSettings, ReplaySettings, SocketOptions
 from kvsync.model import Endpoint, EndpointId
 from kvsync.sim import Fleet
 from kvsync.sim.fuzz_publisher import FuzzPublisher
 from kvsync.sim.mutations import Kind, Mutator, era_seeds, probe
-from kvsync.subscribers import SubscriberManager
 from tests import golden
 from tests.integration.ingest_harness import Daemon, eventually, settle
 
@@ -63,7 +64,7 @@ def seeds() -> list[list[bytes]]:
 
 def held_blocks(daemon: Daemon, token_ids: tuple[int, ...]) -> int:
     with daemon.lock:
-        result = daemon.index.match(Query(FUZZ_MODEL, token_ids), time.monotonic())
+        result = daemon.index.match(Query(FUZZ_MODEL, token_ids), time.time())
     return next((m.matched_blocks for m in result.matches if m.endpoint == FUZZ_ID), 0)
 
 
@@ -78,12 +79,13 @@ def fuzzed_daemon() -> Iterator[Daemon]:
     1,000 messages instead of 100,000. The fuzz publisher outruns the decoder, and with vLLM's
     default queue the memory check would measure up to 100,000 queued frames, not the daemon;
     with a short one (and the publisher's XPUB_NODROP) the sender waits instead."""
-    index, lock = PrefixIndex(), threading.Lock()
+    backend = MemoryBackend(PrefixIndex())
+    index, lock = backend.index, backend.lock
     settings = IngestSettings(
         handler=ReplaySettings(replay_timeout_s=0.2, replay_cooldown_s=0.5),
         sockets=SocketOptions(rcvhwm=1_000),
     )
-    manager = SubscriberManager(index, lock, settings=settings)
+    manager = SubscriberManager(backend, settings=settings)
     manager.start()
     try:
         yield Daemon(manager, index, lock)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from kvsync import config, runtime
+from kvsync.daemon import config, runtime
 from kvsync.sim import Fleet
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from kvsync import decoder, model, wire
+from kvsync import model
 from kvsync.errors import DecodeError, Reason
+from kvsync.events import wire
+from kvsync.events.decode import decode_live, decode_replay
 from kvsync.model import EndpointId, ReplayEnd
 from kvsync.sim import (
     AddressInUseError,
@@ -91,7 +93,7 @@ def test_golden_scenario_frames_equal_the_vllm_capture(
             publisher.publish(events, ts=captured_ts(frames[2]))
             mine = receive(sub)
             assert mine == frames  # byte-identical, the timestamp being the captured one
-            assert decoder.decode_live(mine) == decoder.decode_live(frames)
+            assert decode_live(mine) == decode_live(frames)
         publisher.publish(scenario_events(capture)[0])  # the clock's timestamp this time
         fresh, original = receive(sub), capture.live[0]
         assert fresh[2][:2] + fresh[2][10:] == original[2][:2] + original[2][10:]
@@ -113,15 +115,15 @@ def test_replay_layout_hole_and_future_seq(ctx: Context, era: Era) -> None:
         assert seqs(full) == [0, 1, 2, 3, 4]
         frame_count = 4 if era is Era.V0_33 else 3  # vLLM >= 0.26 adds the topic frame
         assert {len(reply) for reply in full} == {frame_count}
-        assert all(isinstance(decoder.decode_replay(r), model.Batch) for r in full[:-1])
-        assert isinstance(decoder.decode_replay(full[-1]), ReplayEnd)
+        assert all(isinstance(decode_replay(r), model.Batch) for r in full[:-1])
+        assert isinstance(decode_replay(full[-1]), ReplayEnd)
         if era is Era.V0_33:
             assert full[0][1] == b"kv@p@m"
         publisher.set_replay_capacity(2)
         assert seqs(replay(ctx, publisher.replay_address, 0)) == [3, 4]  # a hole: 0..2 are gone
         future = replay(ctx, publisher.replay_address, 99)
         assert len(future) == 1
-        assert isinstance(decoder.decode_replay(future[0]), ReplayEnd)
+        assert isinstance(decode_replay(future[0]), ReplayEnd)
         publisher.publish(CLEARED)  # still served while the publisher keeps publishing
         assert seqs(replay(ctx, publisher.replay_address, 4)) == [4, 5]
         assert publisher.stats.replays == 4
@@ -153,7 +155,7 @@ def test_dropped_message_is_a_gap_that_replay_fills_if_buffered(
         publisher.drop_next(1, replayable=replayable)
         publisher.publish(CLEARED)
         publisher.publish(CLEARED)
-        live = [decoder.decode_live(receive(sub)).seq for _ in range(2)]
+        live = [decode_live(receive(sub)).seq for _ in range(2)]
         assert live == [0, 2]
         assert seqs(replay(ctx, publisher.replay_address, 1)) == ([1, 2] if replayable else [2])
         assert publisher.stats.dropped == 1
@@ -167,7 +169,7 @@ def test_restart_starts_over_at_seq_zero_with_an_empty_buffer(ctx: Context) -> N
             publisher.publish(CLEARED)
         publisher.restart()
         publisher.publish(CLEARED)
-        assert [decoder.decode_live(receive(sub)).seq for _ in range(4)] == [0, 1, 2, 0]
+        assert [decode_live(receive(sub)).seq for _ in range(4)] == [0, 1, 2, 0]
         assert seqs(replay(ctx, publisher.replay_address, 0)) == [0]
         sub.close()
 
@@ -188,9 +190,9 @@ def test_malformed_frames_are_rejected_and_take_no_seq(
         publisher.send_malformed(kind)
         publisher.publish(CLEARED)
         with pytest.raises(DecodeError) as caught:
-            decoder.decode_live(receive(sub))
+            decode_live(receive(sub))
         assert caught.value.reason is reason
-        assert decoder.decode_live(receive(sub)).seq == 0
+        assert decode_live(receive(sub)).seq == 0
         assert publisher.stats.malformed == 1
         sub.close()
 
@@ -201,7 +203,7 @@ def test_one_bad_event_among_good_ones(ctx: Context, era: Era) -> None:
     with Publisher(era=era, ctx=ctx) as publisher:
         sub = subscribe(ctx, publisher)
         publisher.send_malformed(Malformed.EVENT, [good, good])
-        batch = decoder.decode_live(receive(sub))
+        batch = decode_live(receive(sub))
         assert batch.seq == 0
         assert len(batch.events) == 2
         assert [(r.position, r.reason) for r in batch.rejected] == [(1, Reason.TOKENS)]
@@ -230,7 +232,7 @@ def test_plain_pub_socket(ctx: Context) -> None:
         while not sub.poll(20):
             assert time.monotonic() < deadline, "nothing received on the PUB socket"
             publisher.publish(CLEARED)
-        events = decoder.decode_live(sub.recv_multipart()).events
+        events = decode_live(sub.recv_multipart()).events
         assert [type(e).__bases__ for e in events] == [(model.AllBlocksCleared,)]
         sub.close()
 
@@ -276,7 +278,7 @@ def test_fleet_dp_ranks_publish_on_base_plus_rank(ctx: Context) -> None:
         subs = _fleet_subscribers(ctx, fleet)
         second = EndpointId("sim/vllm-1", 1)
         fleet.submit(second, Request(tuple(range(40))))
-        assert decoder.decode_live(receive(subs[second])).data_parallel_rank == 1
+        assert decode_live(receive(subs[second])).data_parallel_rank == 1
         assert fleet.endpoint_specs()[1].endswith(",dp_size=2")
         for sub in subs.values():
             sub.close()
@@ -299,7 +301,7 @@ def test_fleet_stream_over_the_wire_implies_the_ground_truth(ctx: Context) -> No
         evicted = 0
         for endpoint, sub in subs.items():
             for expected_seq in range(fleet.publisher(endpoint).stats.sent):
-                batch = decoder.decode_live(receive(sub))
+                batch = decode_live(receive(sub))
                 assert (batch.seq, batch.rejected) == (expected_seq, ())
                 replicas[endpoint].apply(batch.events)
                 evicted += sum(isinstance(e, model.BlockRemoved) for e in batch.events)
@@ -339,7 +341,7 @@ def test_fleet_restart_forgets_and_starts_over(ctx: Context) -> None:
         fleet.restart(endpoint.pod)
         assert fleet.ground_truth(query) == {}
         fleet.submit(endpoint, Request(tuple(range(100, 132))))
-        assert [decoder.decode_live(receive(sub)).seq for _ in range(2)] == [0, 0]
+        assert [decode_live(receive(sub)).seq for _ in range(2)] == [0, 0]
         sub.close()
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import zmq
 
-from kvsync import wire
+from kvsync.events import wire
 from kvsync.model import Endpoint, EndpointId
 from kvsync.sim import Engine, Era, Fleet, Malformed, Mix, PromptLibrary, Request, Workload
 from kvsync.sim.eras import encode_batch

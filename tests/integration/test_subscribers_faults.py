@@ -9,7 +9,8 @@ import pytest
 import zmq
 from structlog.testing import capture_logs
 
-from kvsync.index import ApplyOutcome, EndpointContext, Limits, PrefixIndex
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import ApplyOutcome, EndpointContext, Limits
 from kvsync.model import BlockStored, EndpointId, Event, encode_tokens
 from kvsync.sim import Fleet, Malformed, Request, SimQuery
 from tests.integration.ingest_harness import eventually, running_daemon, score, settle
@@ -183,7 +184,7 @@ def test_the_ingest_thread_sweeps_idle_contexts() -> None:
     with running_daemon(index=index, sweep_interval_s=0.05) as daemon:
         with daemon.lock:  # a context last used a minute ago, and no traffic since
             stored = BlockStored([1, 2], None, encode_tokens(range(8)), 4)
-            index.apply(quiet, EndpointContext("m"), [stored], time.monotonic() - 60.0)
+            index.apply(quiet, EndpointContext("m"), [stored], time.time() - 60.0)
         eventually(lambda: index.blocks_held(quiet) == 0, what="idle context swept")
     assert index.evictions == {"idle_ttl": 2}
 

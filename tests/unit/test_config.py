@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvsync import cli, config, index
+from kvsync.daemon import cli, config
 from kvsync.errors import ConfigError
+from kvsync.index import values
 from kvsync.model import EndpointId
 
 SPEC_A = "name=pod-a,model=demo,pub=tcp://127.0.0.1:5557"
@@ -30,7 +31,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.max_query_tokens == 1_000_000
     assert settings.default_block_size == 16
     assert dict(settings.medium_weights) == {"GPU": 1.0, "CPU": 0.8, "*": 0.5}
-    limits = index.Limits()  # the index owns its defaults
+    limits = values.Limits()  # the index owns its defaults
     assert settings.max_contexts == limits.max_contexts
     assert settings.max_prefixes_per_context == limits.max_keys_per_context
     assert settings.idle_ttl_seconds == limits.idle_ttl_seconds

@@ -5,8 +5,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from kvsync import decoder, wire
 from kvsync.errors import DecodeError, Reason
+from kvsync.events import wire
+from kvsync.events.decode import decode_live, decode_replay
 from kvsync.model import (
     AllBlocksCleared,
     Batch,
@@ -82,7 +83,7 @@ def test_every_live_frame_of_every_capture_decodes_to_its_expected_records(
 ) -> None:
     assert len(capture.live) == len(capture.expected) == 8
     for frames, expected in zip(capture.live, capture.expected, strict=True):
-        _check(decoder.decode_live(frames), expected)
+        _check(decode_live(frames), expected)
 
 
 @pytest.mark.parametrize("capture", CAPTURES, ids=lambda c: c.name)
@@ -90,7 +91,7 @@ def test_every_replay_reply_decodes_to_the_live_batch_then_the_end_marker(
     capture: golden.Capture,
 ) -> None:
     start = int.from_bytes(capture.replay_request[1], "big")
-    *batches, end = [decoder.decode_replay(frames) for frames in capture.replay_reply]
+    *batches, end = [decode_replay(frames) for frames in capture.replay_reply]
     assert isinstance(end, ReplayEnd)
     by_seq = {e["seq"]: e for e in capture.expected}
     assert [b.seq for b in batches if isinstance(b, Batch)] == list(range(start, 8))
@@ -109,14 +110,14 @@ def test_signed_int64_hashes_are_normalised_to_uint64() -> None:
     capture = golden.load(golden.VECTORS / "vllm-0.10.1.json")
     signed = [int(h) for e in capture.expected for h in e["events"][0].get("block_hashes", [])]
     assert any(h < 0 for h in signed), "the 0.10.1 capture is expected to hold negative hashes"
-    hashes = [h for f in capture.live for e in decoder.decode_live(f).events
+    hashes = [h for f in capture.live for e in decode_live(f).events
               if isinstance(e, BlockStored) for h in e.block_hashes]  # fmt: skip
     assert all(isinstance(h, int) and 0 <= h < 1 << 64 for h in hashes)
 
 
 def test_bytes_hashes_stay_bytes() -> None:
     capture = golden.load(golden.VECTORS / "vllm-0.33.0-bytes-hashes.json")
-    first = decoder.decode_live(capture.live[0]).events[0]
+    first = decode_live(capture.live[0]).events[0]
     assert isinstance(first, BlockStored)
     assert all(isinstance(h, bytes) and len(h) == 32 for h in first.block_hashes)
 
@@ -125,7 +126,7 @@ def test_bytes_hashes_stay_bytes() -> None:
 
 
 def _live(payload: Any, seq: int = 7) -> Batch:
-    return decoder.decode_live([b"kv", wire.encode_seq(seq), _encode(payload)])
+    return decode_live([b"kv", wire.encode_seq(seq), _encode(payload)])
 
 
 def test_vllm_0_9_batch_has_two_elements_and_five_field_events() -> None:
@@ -285,7 +286,7 @@ def test_unusable_live_messages_raise_decode_error_with_a_reason(
     frames: list[bytes], reason: Reason
 ) -> None:
     with pytest.raises(DecodeError) as caught:
-        decoder.decode_live(frames)
+        decode_live(frames)
     assert caught.value.reason is reason
 
 
@@ -300,18 +301,18 @@ def test_unusable_live_messages_raise_decode_error_with_a_reason(
 )
 def test_unusable_replay_replies_raise_decode_error(frames: list[bytes], reason: Reason) -> None:
     with pytest.raises(DecodeError) as caught:
-        decoder.decode_replay(frames)
+        decode_replay(frames)
     assert caught.value.reason is reason
 
 
 def test_both_end_marker_layouts_end_the_replay() -> None:
-    assert isinstance(decoder.decode_replay([b"", wire.END_SEQ, b""]), ReplayEnd)
-    assert isinstance(decoder.decode_replay([b"", b"", wire.END_SEQ, b""]), ReplayEnd)
+    assert isinstance(decode_replay([b"", wire.END_SEQ, b""]), ReplayEnd)
+    assert isinstance(decode_replay([b"", b"", wire.END_SEQ, b""]), ReplayEnd)
 
 
 def test_the_largest_sequence_number_below_the_end_marker_is_a_batch() -> None:
     seq = (1 << 64) - 2
-    batch = decoder.decode_replay([b"", wire.encode_seq(seq), _encode([1.0, [], 0])])
+    batch = decode_replay([b"", wire.encode_seq(seq), _encode([1.0, [], 0])])
     assert isinstance(batch, Batch)
     assert batch.seq == seq
 
@@ -344,7 +345,7 @@ def test_deep_nesting_anywhere_is_a_nesting_decode_error_with_the_seq(where: str
         _live(payload, seq=41)
     assert (caught.value.reason, caught.value.seq) == (Reason.NESTING, 41)
     with pytest.raises(DecodeError) as caught:
-        decoder.decode_replay([b"", wire.encode_seq(41), _encode(payload)])
+        decode_replay([b"", wire.encode_seq(41), _encode(payload)])
     assert (caught.value.reason, caught.value.seq) == (Reason.NESTING, 41)
 
 

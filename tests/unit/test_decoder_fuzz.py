@@ -14,8 +14,9 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvsync import decoder, wire
 from kvsync.errors import DecodeError
+from kvsync.events import wire
+from kvsync.events.decode import decode_live, decode_replay
 from kvsync.model import (
     TOKEN_LIMIT,
     AllBlocksCleared,
@@ -66,7 +67,7 @@ def _assert_valid(result: Batch | ReplayEnd) -> None:
 
 
 def _decode_both_ways(frames: list[bytes]) -> None:
-    for decode in (decoder.decode_live, decoder.decode_replay):
+    for decode in (decode_live, decode_replay):
         with contextlib.suppress(DecodeError):
             _assert_valid(decode(frames))
 
@@ -107,7 +108,7 @@ _map_events = st.builds(
 @given(st.lists(_array_events | _map_events, max_size=5))
 def test_random_events_in_a_valid_envelope_are_kept_or_rejected(events: list[Any]) -> None:
     payload = msgspec.msgpack.encode([1.0, events, 0])
-    batch = decoder.decode_live([b"", wire.encode_seq(3), payload])
+    batch = decode_live([b"", wire.encode_seq(3), payload])
     assert len(batch.events) + len(batch.rejected) == len(events)
     _assert_valid(batch)
 
@@ -168,7 +169,7 @@ def test_mutated_golden_frames_raise_only_decode_error() -> None:
     outcomes = {"decoded": 0, "rejected": 0}
     for _ in range(MUTATIONS):
         frames = rng.choice(mutations)(rng.choice(originals))
-        for decode in (decoder.decode_live, decoder.decode_replay):
+        for decode in (decode_live, decode_replay):
             try:
                 _assert_valid(decode(frames))
                 outcomes["decoded"] += 1

@@ -7,16 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsync import discovery
-from kvsync.discovery import (
-    EndpointTable,
-    PodDefaults,
-    PodView,
-    RemoveEndpoint,
-    SetEndpoint,
-    Skipped,
-    SkipReason,
-)
+from kvsync.discovery import base
+from kvsync.discovery.base import EndpointTable, RemoveEndpoint, SetEndpoint
+from kvsync.discovery.kubernetes import pods
+from kvsync.discovery.kubernetes.pods import PodDefaults, PodView, Skipped, SkipReason
 from kvsync.model import Endpoint, EndpointId
 
 MODEL = "model.aibrix.ai/name"
@@ -58,8 +52,8 @@ def pod_json(
 
 
 def endpoints_of(raw: object, defaults: PodDefaults = DEFAULTS) -> list[Endpoint] | Skipped:
-    view = discovery.read_pod(raw)
-    return view if isinstance(view, Skipped) else discovery.pod_endpoints(view, defaults)
+    view = pods.read_pod(raw)
+    return view if isinstance(view, Skipped) else pods.pod_endpoints(view, defaults)
 
 
 def test_labelled_pod_gives_one_endpoint_on_the_default_port() -> None:
@@ -236,7 +230,7 @@ def test_generation_changes_with_uid_and_restarts_only() -> None:
 
 
 def test_pod_view_key_and_fields() -> None:
-    view = discovery.read_pod(pod_json(restarts=(2, 3)))
+    view = pods.read_pod(pod_json(restarts=(2, 3)))
     assert view == PodView(
         namespace="default",
         name="vllm-0",
@@ -304,16 +298,16 @@ def _endpoint(pod: str, rank: int = 0, pub: str = "tcp://10.0.0.1:5557") -> Endp
 def test_diff_removes_first_then_sets_new_and_changed_only() -> None:
     a, b, c = _endpoint("ns/a"), _endpoint("ns/b"), _endpoint("ns/c")
     b_moved = _endpoint("ns/b", pub="tcp://10.0.0.2:5557")
-    assert discovery.diff([a, b], [b_moved, c, a]) == [
+    assert base.diff([a, b], [b_moved, c, a]) == [
         SetEndpoint(b_moved),
         SetEndpoint(c),
     ]
-    assert discovery.diff([a, b, c], [c]) == [
+    assert base.diff([a, b, c], [c]) == [
         RemoveEndpoint(a.id),
         RemoveEndpoint(b.id),
     ]
-    assert discovery.diff([a, c], [b, c]) == [RemoveEndpoint(a.id), SetEndpoint(b)]
-    assert discovery.diff([a, b], [b, a]) == []
+    assert base.diff([a, c], [b, c]) == [RemoveEndpoint(a.id), SetEndpoint(b)]
+    assert base.diff([a, b], [b, a]) == []
 
 
 @settings(max_examples=200, deadline=None)
@@ -332,7 +326,7 @@ def test_diff_applied_to_current_gives_desired(
         return built
 
     state, desired = build(current_spec), build(desired_spec)
-    for command in discovery.diff(state.values(), desired.values()):
+    for command in base.diff(state.values(), desired.values()):
         match command:
             case RemoveEndpoint(id=gone):
                 assert gone in state

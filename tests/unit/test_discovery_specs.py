@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsync import specs
+from kvsync.discovery.endpoints import parse_endpoint_spec, parse_endpoints_document
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint, EndpointId
 
 
 def test_minimal_spec_gives_one_endpoint_with_defaults() -> None:
-    [endpoint] = specs.parse_endpoint_spec("name=pod-a,model=demo,pub=tcp://127.0.0.1:5557")
+    [endpoint] = parse_endpoint_spec("name=pod-a,model=demo,pub=tcp://127.0.0.1:5557")
     assert endpoint == Endpoint(
         id=EndpointId("pod-a", 0), model="demo", pub="tcp://127.0.0.1:5557", replay=None
     )
@@ -21,7 +21,7 @@ def test_minimal_spec_gives_one_endpoint_with_defaults() -> None:
 
 
 def test_dp_size_puts_each_rank_on_base_port_plus_rank_for_both_addresses() -> None:
-    endpoints = specs.parse_endpoint_spec(
+    endpoints = parse_endpoint_spec(
         "name=pod-a,model=demo,pub=tcp://10.0.0.7:5557,replay=tcp://10.0.0.7:6000,"
         "dp_size=3,lora_id=3,topic=kv@"
     )
@@ -34,9 +34,9 @@ def test_dp_size_puts_each_rank_on_base_port_plus_rank_for_both_addresses() -> N
 
 
 def test_ipv6_host_in_brackets_and_dns_names_are_kept() -> None:
-    [v6] = specs.parse_endpoint_spec("name=a,model=m,pub=tcp://[::1]:5557,replay=tcp://[::1]:5558")
+    [v6] = parse_endpoint_spec("name=a,model=m,pub=tcp://[::1]:5557,replay=tcp://[::1]:5558")
     assert (v6.pub, v6.replay) == ("tcp://[::1]:5557", "tcp://[::1]:5558")
-    [dns] = specs.parse_endpoint_spec(" name = a , model=m , pub=tcp://vllm-0.svc:5557 ")
+    [dns] = parse_endpoint_spec(" name = a , model=m , pub=tcp://vllm-0.svc:5557 ")
     assert (dns.id.pod, dns.pub) == ("a", "tcp://vllm-0.svc:5557")
 
 
@@ -73,7 +73,7 @@ def test_invalid_spec_is_a_one_line_config_error_naming_the_problem(
     spec: str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        specs.parse_endpoint_spec(spec)
+        parse_endpoint_spec(spec)
     text = str(caught.value)
     assert message in text
     assert text.startswith("--endpoint ")
@@ -89,7 +89,7 @@ def test_yaml_document_with_numbers_and_strings() -> None:
   dp_size: 2
 - {name: pod-b, model: other, pub: "tcp://[::1]:7000", lora_id: "4", topic: ""}
 """
-    endpoints = specs.parse_endpoints_document(text)
+    endpoints = parse_endpoints_document(text)
     assert [(e.id, e.model, e.pub, e.replay, e.lora_id) for e in endpoints] == [
         (EndpointId("pod-a", 0), "demo", "tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558", None),
         (EndpointId("pod-a", 1), "demo", "tcp://127.0.0.1:5558", "tcp://127.0.0.1:5559", None),
@@ -99,14 +99,14 @@ def test_yaml_document_with_numbers_and_strings() -> None:
 
 def test_json_document_equals_the_same_specs() -> None:
     entries = [{"name": "a", "model": "m", "pub": "tcp://10.1.2.3:5557", "dp_size": 2}]
-    assert specs.parse_endpoints_document(json.dumps(entries)) == specs.parse_endpoint_spec(
+    assert parse_endpoints_document(json.dumps(entries)) == parse_endpoint_spec(
         "name=a,model=m,pub=tcp://10.1.2.3:5557,dp_size=2"
     )
 
 
 @pytest.mark.parametrize("text", ["", "   \n", "# nothing yet\n", "[]"])
 def test_empty_document_is_no_endpoints(text: str) -> None:
-    assert specs.parse_endpoints_document(text) == []
+    assert parse_endpoints_document(text) == []
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_empty_document_is_no_endpoints(text: str) -> None:
 )
 def test_invalid_document_is_a_one_line_config_error(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        specs.parse_endpoints_document(text)
+        parse_endpoints_document(text)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -136,7 +136,7 @@ def test_invalid_document_is_a_one_line_config_error(text: str, message: str) ->
 @given(st.text(max_size=80))
 def test_any_spec_text_gives_endpoints_or_config_error(spec: str) -> None:
     try:
-        endpoints = specs.parse_endpoint_spec(spec)
+        endpoints = parse_endpoint_spec(spec)
     except ConfigError:
         return
     assert endpoints
@@ -156,4 +156,4 @@ _json = st.recursive(
 @given(st.one_of(_json.map(json.dumps), st.text(max_size=80)))
 def test_any_document_gives_endpoints_or_config_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
-        specs.parse_endpoints_document(text)
+        parse_endpoints_document(text)

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from kvsync import decoder
-from kvsync.index import EndpointContext, PrefixIndex, Query
+from kvsync.events.decode import decode_live
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import EndpointContext, Query
 from kvsync.model import BlockStored, EndpointId
 from tests import golden
 
@@ -54,7 +55,7 @@ def test_scenario_matches_after_every_seq(capture: golden.Capture) -> None:
     endpoints = set()
     endpoint = EndpointId("default/pod-a")
     for seq, frames in enumerate(capture.live):
-        batch = decoder.decode_live(frames)
+        batch = decode_live(frames)
         assert batch.seq == seq
         assert not batch.rejected
         endpoint = EndpointId("default/pod-a", batch.data_parallel_rank or 0)
@@ -91,7 +92,7 @@ def test_scenario_matches_after_every_seq(capture: golden.Capture) -> None:
 def test_dp_rank_1_capture_is_its_own_endpoint() -> None:
     (capture,) = [c for c in golden.all_captures() if c.name.endswith("dp-rank-1")]
     index = PrefixIndex()
-    batch = decoder.decode_live(capture.live[0])
+    batch = decode_live(capture.live[0])
     assert batch.data_parallel_rank == 1
     index.apply(EndpointId("default/pod-a", 1), EndpointContext("demo"), batch.events, 0.0)
     (match,) = index.match(Query("demo", A), 0.0).matches
@@ -105,9 +106,9 @@ def test_lora_blocks_of_three_vllm_eras_share_keys() -> None:
     captures = {c.name: c for c in golden.all_captures()}
     events = {}
     for name in ("vllm-0.17.0", "vllm-0.33.0"):
-        (event,) = decoder.decode_live(captures[name].live[2]).events
+        (event,) = decode_live(captures[name].live[2]).events
         events[name] = event
-    era14 = decoder.decode_live(captures["vllm-0.17.0"].live[2]).events[0]
+    era14 = decode_live(captures["vllm-0.17.0"].live[2]).events[0]
     assert isinstance(era14, BlockStored)
     era14.extra_keys = None  # what a 0.14-0.16 publisher sends
     events["0.14-style"] = era14

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsync.errors import DecodeError, Reason
-from kvsync.handler import EndpointHandler, lost_batch
-from kvsync.ingest import (
+from kvsync.ingest.sequencer import EndpointHandler, lost_batch
+from kvsync.ingest.values import (
     Instant,
     Outcome,
     ReplayRequest,

@@ -4,13 +4,13 @@ from typing import Any
 
 import pytest
 
-from kvsync.index import (
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import (
     DEFAULT_MEDIUM_WEIGHTS,
     ApplyOutcome,
     EndpointContext,
     Limits,
     Match,
-    PrefixIndex,
     Query,
 )
 from kvsync.model import (

@@ -2,9 +2,10 @@
 
 import msgspec
 
-from kvsync import keys
-from kvsync.contexts import PLAIN, Context, u64, u64s
-from kvsync.index import EndpointContext, Limits, PrefixIndex, Query
+from kvsync.index import keys
+from kvsync.index.memory.context import PLAIN, Context, u64, u64s
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import EndpointContext, Limits, Query
 from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash, encode_tokens
 
 A = EndpointId("pod-a")

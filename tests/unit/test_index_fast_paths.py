@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsync.index import ApplyOutcome, EndpointContext, Limits, PrefixIndex, Query
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import ApplyOutcome, EndpointContext, Limits, Query
 from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash, Event, encode_tokens
 
 A = EndpointId("default/pod-a", 0)

@@ -8,7 +8,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from kvsync.index import DEFAULT_MEDIUM_WEIGHTS, EndpointContext, PrefixIndex, Query
+from kvsync.index.memory.index import PrefixIndex
+from kvsync.index.values import DEFAULT_MEDIUM_WEIGHTS, EndpointContext, Query
 from kvsync.model import (
     AllBlocksCleared,
     BlockRemoved,

@@ -8,7 +8,8 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsync import _native, keys
+from kvsync import _native
+from kvsync.index import keys
 
 tokens_strategy = st.lists(st.integers(0, 2**32 - 1), max_size=200)
 

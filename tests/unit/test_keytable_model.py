@@ -7,7 +7,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kvsync import _native, keys
+from kvsync import _native
+from kvsync.index import keys
 
 BS = 2
 SLOTS = [0, 1, 5, 63, 64, 65, 130]

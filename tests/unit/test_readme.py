@@ -4,7 +4,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from kvsync import config
+from kvsync.daemon import config
 
 README = Path(__file__).parents[2] / "README.md"
 SETTINGS = {f.name: f for f in dataclasses.fields(config.Settings)}

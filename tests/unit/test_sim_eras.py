@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from kvsync import decoder, model
+from kvsync import model
 from kvsync.errors import Reason
+from kvsync.events.decode import decode_payload
 from kvsync.sim import Era, HashFormat, SimError, eras
 from tests import golden
 
@@ -127,7 +128,7 @@ def test_bad_event_is_rejected_alone_by_the_decoder(era: Era) -> None:
     payload = eras.encode_batch(
         era, [good, eras.bad_event(era, 4), good], ts=1.0, dp_rank=0, hashes=era.default_hashes
     )
-    batch = decoder.decode_payload(9, payload)
+    batch = decode_payload(9, payload)
     assert len(batch.events) == 2
     assert [(r.position, r.reason) for r in batch.rejected] == [(1, Reason.TOKENS)]
 

@@ -1,0 +1,264 @@
+"""Settings of ``kvsync serve``: flag > ``KVSYNC_<FLAG>`` env var > default. Pure.
+
+``load(argv, env, in_cluster=...)`` parses the ``serve`` flags and returns a frozen ``Settings``.
+It reads no environment, file or clock of its own: the caller passes ``env`` and the one fact
+about the machine it needs (``in_cluster``: the Kubernetes service account is mounted, which makes
+``kubernetes`` the default discovery). Files named by settings (``--endpoints-file``,
+``--api-token-file``) are read by the runtime, not here.
+
+Every option is a row of ``OPTIONS``; ``--help`` names each option's env var and default. Four
+AIBrix variables (``AIBRIX_SYNC_*``) are honoured when the ``KVSYNC_`` name is unset.
+Repeatable flags read their env var as a list: namespaces separated by commas, endpoint specs
+(which contain commas) by semicolons or newlines.
+
+Raises ``ConfigError`` (one line, naming the flag and its env var) for any invalid value; the
+CLI prints it and exits 2.
+"""
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Final, Literal, NoReturn
+
+from kvsync.daemon.options import (
+    choice,
+    endpoint_spec,
+    int_in,
+    medium_weights,
+    minutes_to_seconds,
+    non_empty,
+    optional_port,
+    seconds,
+    text,
+)
+from kvsync.discovery.kubernetes.pods import PodDefaults
+from kvsync.errors import ConfigError
+from kvsync.index import values
+from kvsync.index.backend import BACKENDS, DEFAULT_BACKEND
+from kvsync.model import Endpoint
+
+ENV_PREFIX: Final = "KVSYNC_"
+REDACTED: Final = "<redacted>"
+DEFAULT_MEDIUM_WEIGHTS: Final = {
+    **values.DEFAULT_MEDIUM_WEIGHTS,
+    values.ANY_MEDIUM: values.OTHER_MEDIUM_WEIGHT,
+}
+_LIMITS: Final = values.DEFAULT_LIMITS
+_POD: Final = PodDefaults()
+
+DiscoveryMode = Literal["kubernetes", "static"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "console"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything ``kvsync serve`` needs, validated. Field names are the flags in snake_case."""
+
+    discovery: DiscoveryMode
+    namespace: tuple[str, ...] = ()
+    selector: str = "model.aibrix.ai/kv-events-enabled=true"
+    endpoint: tuple[Endpoint, ...] = ()
+    endpoints_file: str | None = None
+    pub_port: int = _POD.pub_port
+    replay_port: int | None = _POD.replay_port
+    dp_size: int = _POD.dp_size
+    topic: str = _POD.topic
+    model_label: str = _POD.model_label
+    lora_label: str = _POD.lora_label
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    api_token: str | None = None
+    api_token_file: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_query_tokens: int = 1_000_000
+    default_block_size: int = values.DEFAULT_BLOCK_SIZE
+    medium_weights: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType(dict(DEFAULT_MEDIUM_WEIGHTS))
+    )
+    index_backend: str = DEFAULT_BACKEND
+    max_contexts: int = _LIMITS.max_contexts
+    max_prefixes_per_context: int = _LIMITS.max_keys_per_context
+    # The idle-context sweep; capacity eviction happens as events arrive.
+    eviction_interval_seconds: float = 60.0
+    idle_ttl_seconds: float = _LIMITS.idle_ttl_seconds
+    replay_timeout_seconds: float = 5.0
+    replay_cooldown_seconds: float = 30.0
+    drain_seconds: float = 5.0
+    stop_timeout_seconds: float = 5.0
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
+
+    def pod_defaults(self) -> PodDefaults:
+        """What a pod gets when its annotations say nothing: these settings' pod fields."""
+        return PodDefaults(**{f.name: getattr(self, f.name) for f in fields(PodDefaults)})
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain values for the start-up log line, secrets replaced."""
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        if values["api_token"] is not None:
+            values["api_token"] = REDACTED
+        values["medium_weights"] = dict(self.medium_weights)
+        values["endpoint"] = [_describe(e) for e in self.endpoint]
+        values["namespace"] = list(self.namespace)
+        return values
+
+
+def _describe(endpoint: Endpoint) -> str:
+    return f"{endpoint.id.pod}#{endpoint.id.dp_rank} {endpoint.model} {endpoint.pub}"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One ``serve`` flag: its Settings field, parser, default and help."""
+
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    repeatable: bool = False
+    aibrix: str | None = None  # AIBrix env var honoured when KVSYNC_<FLAG> is unset
+    aibrix_convert: Callable[[str], str] = text
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option("discovery", choice("kubernetes", "static"),
+           "where endpoints come from (default: kubernetes in a cluster, else static)"),
+    Option("namespace", non_empty, "namespace to watch, repeatable (default: all)",
+           repeatable=True),
+    Option("selector", text, "label selector of the pods to subscribe to"),
+    Option("endpoint", endpoint_spec,
+           "static endpoint SPEC name=..,model=..,pub=tcp://h:p[,replay=..,dp_size=..,"
+           "lora_id=..,topic=..], repeatable (env: separated by ';')", repeatable=True),
+    Option("endpoints_file", non_empty, "JSON or YAML list of endpoint specs"),
+    Option("pub_port", int_in(1, 65535), "pods' KV-event PUB port (rank r: port + r)"),
+    Option("replay_port", optional_port, "pods' replay ROUTER port (none: no replay)"),
+    Option("dp_size", int_in(1, 1024), "data-parallel ranks per pod"),
+    Option("topic", text, "topic prefix to subscribe to ('' = all)"),
+    Option("model_label", non_empty, "pod label (or annotation) naming the model"),
+    Option("lora_label", non_empty, "pod label with the LoRA adapter id"),
+    Option("http_host", non_empty, "HTTP listen address"),
+    Option("http_port", int_in(0, 65535), "HTTP listen port (0: any free port)"),
+    Option("api_token", non_empty, "bearer token required on /v1/* (default: none)"),
+    Option("api_token_file", non_empty, "file holding the bearer token for /v1/*"),
+    Option("max_body_bytes", int_in(1, 1 << 31), "largest /v1/match request body"),
+    Option("max_query_tokens", int_in(1, 1 << 31), "most token ids in one /v1/match"),
+    Option("default_block_size", int_in(1, 1 << 16), "block size answered for unknown models"),
+    Option("medium_weights", medium_weights, "score weight per medium ('*' = any other)"),
+    Option("index_backend", choice(*BACKENDS), "where the prefix index lives (memory: in-process)"),
+    Option("max_contexts", int_in(1, 1 << 31), "most (model, LoRA) contexts kept",
+           aibrix="AIBRIX_SYNC_MAX_CONTEXTS"),
+    Option("max_prefixes_per_context", int_in(1, 1 << 40), "most blocks kept per context",
+           aibrix="AIBRIX_SYNC_MAX_PREFIXES_PER_CONTEXT"),
+    Option("eviction_interval_seconds", seconds(allow_zero=False), "how often eviction runs",
+           aibrix="AIBRIX_SYNC_EVICTION_INTERVAL_SECONDS"),
+    Option("idle_ttl_seconds", seconds(allow_zero=False),
+           "evict blocks not touched for this long", aibrix="AIBRIX_SYNC_EVICTION_DURATION_MINUTES",
+           aibrix_convert=minutes_to_seconds),
+    Option("replay_timeout_seconds", seconds(allow_zero=False),
+           "a replay fails after this long without a reply (cap: this + 50 ms per batch)"),
+    Option("replay_cooldown_seconds", seconds(allow_zero=True),
+           "wait after a failed replay before the next"),
+    Option("drain_seconds", seconds(allow_zero=True), "keep answering after SIGTERM this long"),
+    Option("stop_timeout_seconds", seconds(allow_zero=False), "stop budget per component"),
+    Option("log_level", choice("debug", "info", "warning", "error"), "log level"),
+    Option("log_format", choice("json", "console"), "log line format"),
+)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ``ConfigError`` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def parser(prog: str = "kvsync serve") -> argparse.ArgumentParser:
+    """The ``serve`` argument parser; every value is a string, parsed after precedence."""
+    defaults = Settings(discovery="static").redacted()
+    result = _Parser(prog=prog, description="Run the kvsync daemon.")
+    for option in OPTIONS:
+        default = "see above" if option.field == "discovery" else defaults[option.field]
+        if isinstance(default, dict):
+            default = ",".join(f"{k}={v}" for k, v in default.items())
+        extra = f", else {option.aibrix}" if option.aibrix else ""
+        result.add_argument(
+            option.flag,
+            dest=option.field,
+            metavar=option.field.upper().rsplit("_", 1)[-1] if option.repeatable else None,
+            action="append" if option.repeatable else "store",
+            help=f"{option.help} [env {option.env}{extra}; default {default!s}]",
+        )
+    return result
+
+
+def _raw_value(option: Option, flag_value: Any, env: Mapping[str, str]) -> list[str] | None:
+    """The winning raw string(s) for one option: flag, then KVSYNC_ env, then AIBrix env."""
+    if flag_value is not None:
+        return list(flag_value) if option.repeatable else [flag_value]
+    if option.env in env:
+        raw = env[option.env]
+    elif option.aibrix is not None and option.aibrix in env:
+        raw = option.aibrix_convert(env[option.aibrix])
+    else:
+        return None
+    if not option.repeatable:
+        return [raw]
+    separators = ";\n" if option.field == "endpoint" else ","
+    for sep in separators[1:]:
+        raw = raw.replace(sep, separators[0])
+    return [part for part in raw.split(separators[0]) if part.strip()]
+
+
+def _source(option: Option, flag_value: Any, env: Mapping[str, str]) -> str:
+    if flag_value is not None:
+        return option.flag
+    if option.env in env or option.aibrix is None:
+        return option.env
+    return option.aibrix
+
+
+def load(argv: Sequence[str], env: Mapping[str, str], *, in_cluster: bool = False) -> Settings:
+    """Parse ``serve`` flags with env fallbacks into ``Settings``; raises ``ConfigError``."""
+    args = vars(parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raws = _raw_value(option, args[option.field], env)
+        if raws is None:
+            continue
+        try:
+            parsed = [option.parse(raw) for raw in raws]
+        except (ValueError, ConfigError) as exc:
+            where = _source(option, args[option.field], env)
+            if isinstance(exc, ConfigError) and where == option.flag:
+                raise  # the spec parser's message already names the flag
+            raise ConfigError(f"{where}: {exc}") from None
+        if option.field == "endpoint":
+            values["endpoint"] = tuple(e for group in parsed for e in group)
+        elif option.repeatable:
+            values[option.field] = tuple(parsed)
+        else:
+            values[option.field] = parsed[0]
+    values.setdefault("discovery", "kubernetes" if in_cluster else "static")
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.discovery == "kubernetes" and (settings.endpoint or settings.endpoints_file):
+        raise ConfigError("--endpoint / --endpoints-file need --discovery static")
+    if settings.api_token is not None and settings.api_token_file is not None:
+        raise ConfigError("give --api-token or --api-token-file, not both")
+    ids = [e.id for e in settings.endpoint]
+    duplicates = sorted({f"{i.pod}#{i.dp_rank}" for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"--endpoint: duplicate endpoint {', '.join(duplicates)}")
