@@ -110,7 +110,7 @@ def build(target_blocks: int, n_queries: int, seed: int = 11) -> Workload:
         tails[endpoint].append(conv)
         # evict ~15 % of what is stored: leaves only (tails of this endpoint's oldest
         # conversations first), since Dynamo's tree drops the subtree of an inner removal
-        # while kvsync keeps it (architecture.md §3), and the answers are compared
+        # while kvsync keeps it (the design's §3), and the answers are compared
         budget = round(len(todo) * 0.15 + rng.random() - 0.5)
         while budget > 0 and tails[endpoint]:
             old = convs[tails[endpoint][0]][1]

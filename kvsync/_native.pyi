@@ -27,7 +27,7 @@ def chain(
 
 class KeyTable:
     """One index context: block keys, their holder slots, parent links and recency, and per
-    slot the engine hash -> key map. The semantics are ``kvsync.contexts.Context``'s."""
+    slot the engine hash -> key map. The semantics are ``kvsync.index.memory.context.Context``'s."""
 
     def __init__(self, block_size: int) -> None: ...
     def __len__(self) -> int: ...

@@ -1,9 +1,9 @@
 """kvsync's own records: what the decoder produces and the rest of the pipeline consumes.
 
 Pure values, no I/O. The event records are msgspec Structs rather than dataclasses because the
-decoder builds them straight from the wire (``kvsync.wire`` subclasses them with the array and map
-layouts): converting each event into a second record would cost about a microsecond per event on
-the hottest path. Treat them as immutable once decoded.
+decoder builds them straight from the wire (``kvsync.events.wire`` subclasses them with the array
+and map layouts): converting each event into a second record would cost about a microsecond per
+event on the hottest path. Treat them as immutable once decoded.
 
 Validation that does not depend on the layout lives here, in ``__post_init__``: msgspec turns a
 ``ValueError`` raised there into a ``ValidationError`` for that event only.

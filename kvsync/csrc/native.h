@@ -24,7 +24,7 @@
 #define XXH_INLINE_ALL
 #include "xxhash.h"
 
-/* The key a chain starts from (kvsync.keys.ROOT): any fixed value, the same everywhere. */
+/* The key a chain starts from (kvsync.index.keys.ROOT): any fixed value, the same everywhere. */
 #define KV_ROOT 0x6B7673796E630001ULL
 
 /* ---- tokens.c --------------------------------------------------------------------------- */

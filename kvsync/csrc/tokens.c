@@ -1,4 +1,4 @@
-/* Token ids -> uint32, and chained block keys (see kvsync/keys.py for the key definition). */
+/* Token ids -> uint32, and chained block keys (see kvsync/index/keys.py for the key definition). */
 #include "native.h"
 
 #define TOKEN_LIMIT 4294967296ULL /* token ids are in [0, 2^32) */

@@ -2,7 +2,7 @@
 
 Each parser takes the raw text of a flag or env var and returns the typed value; an invalid
 value raises ``ValueError`` with a short "expected ..." message (``endpoint_spec`` raises
-``ConfigError`` naming the flag). ``kvsync.config`` adds which flag or env var it came from.
+``ConfigError`` naming the flag). ``kvsync.daemon.config`` adds which flag or env var it came from.
 Stateless: any thread may call them.
 """
 

@@ -1,8 +1,9 @@
 """Static endpoints, pure: ``--endpoint`` specs and ``--endpoints-file`` documents → ``Endpoint``s.
 
-Pure functions, no I/O: ``kvsync.config`` parses the flags at start-up (a ``ConfigError`` exits 2)
-and ``kvsync.static`` re-reads the file on SIGHUP or change. Raises ``ConfigError`` (a one-line
-message for the user) and nothing else. The address helpers are shared with discovery.
+Pure functions, no I/O: ``kvsync.daemon.config`` parses the flags at start-up (a ``ConfigError``
+exits 2) and ``kvsync.discovery.static`` re-reads the file on SIGHUP or change. Raises
+``ConfigError`` (a one-line message for the user) and nothing else. The address helpers are shared
+with discovery.
 
 Static endpoints carry an empty ``generation``: their identity is the name, and any change of a
 field already makes the subscriber manager purge and resubscribe.

@@ -1,7 +1,8 @@
 """Static discovery, I/O: ``--endpoint`` specs plus a followed ``--endpoints-file``, sent to a Sink.
 
 I/O edge (reads the file; owns the ``static-discovery`` thread). Same face as
-``kvsync.informer.Informer``: ``start()``, ``synced``, ``stop()``, ``stats()``, ``last_error()``.
+``kvsync.discovery.kubernetes.source.Informer``: ``start()``, ``synced``, ``stop()``, ``stats()``,
+``last_error()``.
 
 - ``start()`` sends the flag endpoints and the file's endpoints, sets ``synced``, then the thread
   re-reads the file when ``request_reload()`` is called (the runtime's SIGHUP handler; it only sets

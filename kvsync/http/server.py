@@ -5,7 +5,7 @@ thread), so a bad address fails at start-up with a clear ``ConfigError`` and ``p
 even when 0 was asked for. ``start()`` runs uvicorn on a new thread (``http``); ``wait_started()``
 polls uvicorn's started flag with a deadline; ``stop()`` sets ``should_exit`` and joins within a
 budget (uvicorn finishes in-flight requests for up to that long). uvicorn gets ``log_config=None``
-(kvsync.logs configures logging) and no access log. A crash of the server thread is reported
+(kvsync.daemon.logs configures logging) and no access log. A crash of the server thread is reported
 through ``on_crash`` (the runtime exits 1).
 """
 

@@ -60,7 +60,7 @@ class IndexBackend(Protocol):
         ...
 
     def match(self, query: Query, now: float) -> MatchResult:
-        """Per endpoint, the leading blocks of ``query`` it holds (architecture §5)."""
+        """Per endpoint, the leading blocks of ``query`` it holds (the design's §5)."""
         ...
 
     def blocks_held(self, endpoint: EndpointId) -> int:

@@ -1,7 +1,7 @@
 """kvsync's own chained block keys, computed from token ids. Pure: no I/O, no clock, no state.
 
 Why: vLLM's block hashes depend on the release, the hash algorithm, a per-process seed and Python
-pickling, so a router cannot reproduce them (architecture.md §3). kvsync therefore keys every
+pickling, so a router cannot reproduce them (the design's §3, "Keys"). kvsync therefore keys every
 block by what a router does know: the tokens, the block size and the block's extra keys.
 
     key_i = xxh3_64(token bytes of block i [+ msgpack(extra keys of block i)], seed=key_{i-1})

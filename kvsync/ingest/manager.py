@@ -8,8 +8,8 @@ round), ``snapshot`` / ``last_event_age`` (metrics and the HTTP API), ``stop``.
 Per poll round (at most ``poll_ms``, which bounds command and stop latency): apply queued
 commands, poll, drain at most ``drain_max`` messages per ready socket (so one busy publisher
 cannot starve the others), then fail replays past their deadline. Decoded batches go to the
-endpoint's ``kvsync.handler.EndpointHandler``, which decides what to apply and which replay to
-request; replays are non-blocking requests on the same loop (``kvsync.replay``).
+endpoint's ``kvsync.ingest.sequencer.EndpointHandler``, which decides what to apply and which
+replay to request; replays are non-blocking requests on the same loop (``kvsync.ingest.sockets``).
 
 Index writes take the caller's lock once per batch (the HTTP thread reads under the same lock)
 and never across socket I/O. Malformed input is counted and logged (rate-limited per endpoint:

@@ -1,13 +1,13 @@
 """One replay request over a DEALER socket, and the per-endpoint sockets' options. I/O (zmq).
 
-Owned by the ingest thread (``kvsync.subscribers``), like every zmq object of the daemon; nothing
+Owned by the ingest thread (``kvsync.ingest.manager``), like every zmq object of the daemon; nothing
 here blocks. A replay gets a fresh DEALER: closing it when the replay ends, fails or is superseded
 discards any late reply with it, so replies of two requests can never mix. Raises ``zmq.ZMQError``
 only from ``open`` (an address libzmq refuses); the caller treats that as a failed replay.
 
 The request is ``[b"", start_seq (8-byte BE)]`` (a ROUTER answers only a 3-frame message
 ``[identity, b"", start]``); the replies are ``[b"", (topic,) seq, payload]`` up to the end marker,
-decoded by ``kvsync.decoder.decode_replay``. A REQ socket would see only the first reply.
+decoded by ``kvsync.events.decode.decode_replay``. A REQ socket would see only the first reply.
 """
 
 import zmq

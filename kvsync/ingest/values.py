@@ -1,7 +1,7 @@
 """The ingest pipeline's plain values: handler outcomes, settings, counters. Pure.
 
-``kvsync.handler`` returns ``Outcome`` values and takes ``Instant`` / ``ReplaySettings``;
-``Totals`` is mutated by the ingest thread (``kvsync.subscribers``) under its stats lock;
+``kvsync.ingest.sequencer`` returns ``Outcome`` values and takes ``Instant`` / ``ReplaySettings``;
+``Totals`` is mutated by the ingest thread (``kvsync.ingest.manager``) under its stats lock;
 ``IngestStats`` / ``EndpointStats`` are the frozen copies other threads read. No prometheus_client
 here: the metrics layer turns a snapshot into metric families at scrape time. Raises nothing.
 """
@@ -88,7 +88,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ReplaySettings:
-    """The handler's knobs (``kvsync.handler``)."""
+    """The handler's knobs (``kvsync.ingest.sequencer``)."""
 
     replay_timeout_s: float = 5.0  # idle: since the request or the last reply
     # The overall cap grows by this per batch delivered: a replay streaming at least 20 batches
@@ -100,7 +100,7 @@ class ReplaySettings:
 
 @dataclass(frozen=True, slots=True)
 class SocketOptions:
-    """Options of every socket to a publisher (``kvsync.replay.configure`` applies them)."""
+    """Options of every socket to a publisher (``kvsync.ingest.sockets.configure`` applies them)."""
 
     rcvhwm: int = 100_000  # vLLM's publisher hwm: a burst the size of its queue fits
     reconnect_ivl_ms: int = 100

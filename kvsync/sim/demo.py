@@ -1,10 +1,10 @@
 """``kvsync demo``: a simulated vLLM fleet on loopback, the daemon in front of it, a live view.
 
 I/O edge, main thread. The fleet (``kvsync.sim``) publishes the real wire format with replay;
-the daemon (``kvsync.runtime.Daemon``) subscribes to it exactly as ``kvsync serve --endpoint``
-would and serves its HTTP API on 127.0.0.1. Every ``--sample-seconds`` the demo pauses the
-traffic, waits until the daemon has applied every published batch, asks ``POST /v1/match`` about a
-realistic prompt over HTTP and compares the answer with the fleet's ground truth.
+the daemon (``kvsync.daemon.runtime.Daemon``) subscribes to it exactly as ``kvsync serve
+--endpoint`` would and serves its HTTP API on 127.0.0.1. Every ``--sample-seconds`` the demo pauses
+the traffic, waits until the daemon has applied every published batch, asks ``POST /v1/match``
+about a realistic prompt over HTTP and compares the answer with the fleet's ground truth.
 
 On a terminal the view is a ``rich`` live table; otherwise one plain line per refresh. The run
 ends after ``--duration`` seconds or on Ctrl-C, with a final line

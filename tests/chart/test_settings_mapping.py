@@ -1,7 +1,7 @@
 """values.yaml ↔ kvsync settings: every `config` key is a setting the daemon reads, and back.
 
 The chart turns `config.fooBar` into the env var KVSYNC_FOO_BAR. These tests hold it to
-kvsync.config: one values key per ``Settings`` field, only env names that ``config.OPTIONS``
+kvsync.daemon.config: one values key per ``Settings`` field, only env names that ``config.OPTIONS``
 knows, and — the end-to-end check — the rendered env, fed to ``config.load`` as the container
 would see it, yields exactly the values written in the values files.
 """

@@ -1,4 +1,5 @@
-"""kvsync.podwatch without a server: watch lines in, commands out, nothing stops the loop."""
+"""kvsync.discovery.kubernetes.watch without a server: watch lines in, commands out, nothing stops
+the loop."""
 
 import json
 import random

@@ -1,4 +1,4 @@
-"""kvsync.static: flag endpoints plus an endpoints file, re-read on request or change."""
+"""kvsync.discovery.static: flag endpoints plus an endpoints file, re-read on request or change."""
 
 import os
 import threading

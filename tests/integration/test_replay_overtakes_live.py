@@ -1,7 +1,7 @@
 """A replay reply that overtakes the live copies of the same seqs is not an engine restart.
 
 The SUB and the DEALER are separate TCP connections, so under a backlog on the live path the
-replay can deliver seqs the SUB socket has not delivered yet (architecture.md §4, "Restart versus
+replay can deliver seqs the SUB socket has not delivered yet (the design's §4, "Restart versus
 duplicate"). Here a proxy between the publisher's XPUB and the daemon's SUB holds every live
 message ``LIVE_DELAY_S`` before forwarding it, while the replay DEALER talks to the publisher
 directly: after a gap, every batch the replay returns beyond the gap reaches the daemon live a

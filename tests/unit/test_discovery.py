@@ -1,4 +1,5 @@
-"""kvsync.discovery: pod → endpoints (table-driven, plus fuzzing), diff and the endpoint table."""
+"""kvsync.discovery.base: pod → endpoints (table-driven, plus fuzzing), diff and the endpoint
+table."""
 
 import copy
 from typing import Any

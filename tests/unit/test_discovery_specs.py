@@ -1,4 +1,4 @@
-"""kvsync.specs: what --endpoint and --endpoints-file accept, and how they fail."""
+"""kvsync.discovery.endpoints: what --endpoint and --endpoints-file accept, and how they fail."""
 
 import contextlib
 import json

@@ -484,7 +484,7 @@ def test_with_a_covering_buffer_every_loss_is_recovered_exactly_once_in_order(
     assert h.resets == 0
 
 
-# -- a replay that overtakes the live path (architecture.md §4, revised) ------------------------
+# -- a replay that overtakes the live path (the design's §4, revised) ------------------------
 
 
 def test_live_copies_of_replayed_seqs_are_duplicates_not_a_restart() -> None:

@@ -1,4 +1,4 @@
-"""kvsync.contexts: the per-context tables stay bounded and consistent under churn."""
+"""kvsync.index.memory.context: the per-context tables stay bounded and consistent under churn."""
 
 import msgspec
 

@@ -1,4 +1,4 @@
-"""kvsync.keys: the chained block keys are what the architecture says, on both sides."""
+"""kvsync.index.keys: the chained block keys are what the architecture says, on both sides."""
 
 from array import array
 

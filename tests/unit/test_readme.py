@@ -1,4 +1,5 @@
-"""The README configuration table cannot drift from kvsync.config: flags, env vars, defaults."""
+"""The README configuration table cannot drift from kvsync.daemon.config: flags, env vars,
+defaults."""
 
 import dataclasses
 import re

@@ -1,10 +1,11 @@
 """Kubernetes discovery, I/O: list and watch pods, tell a ``Sink`` which endpoints to follow.
 
-I/O edge (the official ``kubernetes`` client). ``Informer`` runs one ``kvsync.podwatch``
-``NamespaceWatch`` thread per watched namespace (one for all namespaces); the caller (the runtime,
-main thread) calls ``start()`` and ``stop()``. ``Sink.set_endpoint`` / ``remove_endpoint`` are
-called from those threads and must return at once (the subscriber manager queues them for its
-ingest thread), so the watch loop never waits on subscriber work.
+I/O edge (the official ``kubernetes`` client). ``Informer`` runs one
+``kvsync.discovery.kubernetes.watch`` ``NamespaceWatch`` thread per watched namespace (one for all
+namespaces); the caller (the runtime, main thread) calls ``start()`` and ``stop()``.
+``Sink.set_endpoint`` / ``remove_endpoint`` are called from those threads and must return at once
+(the subscriber manager queues them for its ingest thread), so the watch loop never waits on
+subscriber work.
 
 ``synced`` is set once every namespace has applied its first list (readiness); after a 403 it
 stays unset and ``last_error()`` says which RBAC rule is missing. ``stats()`` gives plain

@@ -1,7 +1,7 @@
 """One namespace's pod list/watch loop, I/O: its own thread, the official ``kubernetes`` client.
 
-``kvsync.informer`` starts one ``NamespaceWatch`` per watched namespace (one for all). Its thread
-(``informer-<namespace>``) owns the loop; ``stop()`` may be called from any thread.
+``kvsync.discovery.kubernetes.source`` starts one ``NamespaceWatch`` per watched namespace (one for
+all). Its thread (``informer-<namespace>``) owns the loop; ``stop()`` may be called from any thread.
 
 - List (paged, raw JSON) → ``EndpointTable.replace_all`` → commands; then watch from the list's
   resourceVersion with ``allowWatchBookmarks``, applying each event through the table. A re-list

@@ -1,7 +1,7 @@
 """One context of the prefix index: the writes it takes (store, remove, clear, evict). Pure.
 
-Not thread-safe: owned by ``kvsync.index.PrefixIndex``, whose callers hold one lock. Raises
-nothing for keys, slots and engine hashes the index validated (``ValueError`` from the token
+Not thread-safe: owned by ``kvsync.index.memory.index.PrefixIndex``, whose callers hold one lock.
+Raises nothing for keys, slots and engine hashes the index validated (``ValueError`` from the token
 conversion for token ids outside [0, 2^32), which the decoder rejects first).
 
 Layout, chosen on measurements (BENCHMARKS.md, ``## Index``): the bulk lives in C

@@ -5,12 +5,13 @@ taken by the callers per batch (``apply``) and per lookup (``match``). ``now`` i
 (monotonic seconds): the index reads no clock. Raises nothing for decoded events and valid
 queries; bad input is counted in ``ApplyOutcome`` instead.
 
-Semantics (architecture.md §3, §5):
+Semantics (the design's §3 "Keys" and §5 "HTTP API v1"; docs/architecture.md, "index"):
 
 * A context is (model, adapter, block size). The adapter is the event's ``lora_name``, else its
   ``lora_id``, else the endpoint's ``EndpointContext.lora_id``, else none. Queries select it
   with ``lora_name`` or ``lora_id``.
-* Blocks are keyed by ``kvsync.keys`` (tokens + normalised extra keys), chained inside an event
+* Blocks are keyed by ``kvsync.index.keys`` (tokens + normalised extra keys), chained inside an
+  event
   and through ``parent_block_hash``, which resolves through that endpoint's engine-hash map. A
   BlockStored whose parent the endpoint never stored (or no longer holds a mapping for) is not
   indexed at all: rooting it would invent matches. It is counted as ``unknown_parent``.
@@ -408,7 +409,7 @@ class PrefixIndex:
     # -- reads --------------------------------------------------------------------------
 
     def match(self, query: Query, now: float) -> MatchResult:
-        """Per endpoint, the leading blocks of ``query`` it holds (architecture.md §5)."""
+        """Per endpoint, the leading blocks of ``query`` it holds (the design's §5)."""
         self._expire(now, {})
         adapter: Adapter = query.lora_name if query.lora_name is not None else query.lora_id
         sizes = self._sizes.get((query.model, adapter))

@@ -1,7 +1,7 @@
 """The longest-prefix walk over one context, the per-endpoint score, the answers in order. Pure.
 
-Called by ``kvsync.index.PrefixIndex.match`` under the callers' lock; reads the context only.
-Raises nothing for valid token ids (``OverflowError`` from the C walk otherwise).
+Called by ``kvsync.index.memory.index.PrefixIndex.match`` under the callers' lock; reads the
+context only. Raises nothing for valid token ids (``OverflowError`` from the C walk otherwise).
 
 The walk (in C: ``kvsync._native.KeyTable.walk``) hashes the query block by block as it goes
 (a lookup that stops early never hashes the rest of a long prompt) and ANDs each block's holder
