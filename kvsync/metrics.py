@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kvsync.model import EndpointState
+
 # Sub-millisecond buckets: a lookup or a lock wait is normally tens of microseconds.
 _FAST_BUCKETS: Final = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
@@ -116,7 +118,7 @@ class Snapshot:
     evictions: Mapping[str, int] = field(default_factory=dict)  # by reason
 
 
-ENDPOINT_STATES: Final = ("connecting", "replaying", "live", "reset")
+ENDPOINT_STATES: Final = tuple(state.value for state in EndpointState)  # each one always shown
 
 
 def _counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:

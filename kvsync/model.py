@@ -19,6 +19,7 @@ Raw counts bytes, not tokens. Build the field with ``encode_tokens(ids)``; read 
 ``token_list(event)``.
 """
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, NamedTuple
@@ -42,6 +43,17 @@ WireHash = int | Annotated[bytes, msgspec.Meta(min_length=8, max_length=64)]
 # block sizes are 1..a few thousand tokens; Mamba groups of hybrid models go higher).
 MAX_BLOCK_SIZE: Final = 1 << 22
 BlockSize = Annotated[int, msgspec.Meta(gt=0, le=MAX_BLOCK_SIZE)]
+
+
+class EndpointState(enum.StrEnum):
+    """An endpoint's ingest state, as ``GET /v1/pods`` and ``kvsync_endpoints{state}`` show it."""
+
+    CONNECTING = "connecting"  # nothing applied yet, no replay in flight
+    REPLAYING = "replaying"
+    LIVE = "live"
+    # Live, but the state was dropped after an unrecoverable loss: blocks cached before it are
+    # unknown until stored again. A stream seen again from seq 0 makes the endpoint live.
+    RESET = "reset"
 
 
 class EndpointId(NamedTuple):

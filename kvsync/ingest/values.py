@@ -13,18 +13,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvsync.errors import Reason
-from kvsync.model import Endpoint
+from kvsync.model import Endpoint, EndpointState
 
-
-class State(enum.StrEnum):
-    """An endpoint's ingest state, as ``GET /v1/pods`` shows it."""
-
-    CONNECTING = "connecting"  # nothing applied yet, no replay in flight
-    REPLAYING = "replaying"
-    LIVE = "live"
-    # Live, but the state was dropped after an unrecoverable loss: blocks cached before it are
-    # unknown until stored again. A stream seen again from seq 0 makes the endpoint live.
-    RESET = "reset"
+State = EndpointState  # its home is kvsync.model: /v1/pods and the metrics show it too
 
 
 class ResetReason(enum.StrEnum):
