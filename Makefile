@@ -77,6 +77,7 @@ bench: install
 	$(PY) benchmarks/serve_bench.py
 	$(PY) benchmarks/sim_bench.py
 	$(PY) benchmarks/discovery_bench.py
+	$(PY) benchmarks/fuzz_campaign.py
 
 # build/ holds setuptools' objects and the downloaded xxhash.h (fetched again on the next build).
 clean:
