@@ -5,10 +5,11 @@ Not in CI (``make bench`` does not run it either: 30 minutes). Processes on the 
 * the daemon: ``kvsync serve`` with ``--endpoints-file`` (static discovery, as deployed), its
   logs in a temp file;
 * ``--workers`` fleet processes (``soak_fleet.py``): simulated vLLM pods replaying recorded engine
-  traffic through the simulator's publishers at ``--blocks-per-s`` stored blocks per second in
-  total, with churn on command: gaps (replayable), AllBlocksCleared, engine restarts, and pods
-  replaced (removed, and a new pod with a new name and new ports added: the endpoints file is
-  rewritten and the daemon gets SIGHUP);
+  traffic through the simulator's publishers at ``--blocks-per-s`` blocks per second in total
+  (stored + removed, as ``ingest_bench`` and the README's lag figure count them), with churn on
+  command: gaps (replayable), AllBlocksCleared, engine restarts, and pods replaced (removed, and
+  a new pod with a new name and new ports added: the endpoints file is rewritten and the daemon
+  gets SIGHUP);
 * this process: one churn operation every ``--churn-interval-s``, the daemon's RSS
   (/proc/<pid>/status VmRSS) every ``--rss-interval-s``, its counters (``GET /metrics``) at
   every window, and a load thread sending ``--rps`` open-loop ``POST /v1/match`` requests over 8
@@ -379,6 +380,7 @@ def main() -> None:
     parser.add_argument("--lookup-bodies", type=int, default=2000)
     parser.add_argument("--final-queries", type=int, default=2000)
     parser.add_argument("--settle-timeout-s", type=float, default=900.0)
+    parser.add_argument("--max-rss-mib", type=float, default=6144.0, help="abort the run above")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -446,7 +448,7 @@ def main() -> None:
         before = Counters.read(port, daemon.pid)
         cpu_at_t0 = before.cpu_s  # the daemon's start-up and warm start are not the soak
         sent_before = sum(s["sent_blocks"] for s in workers.call_all("stats"))
-        sent_at_t0, stored_at_t0 = sent_before, before.stored
+        sent_at_t0, applied_at_t0 = sent_before, before.stored + before.removed
         fleet_cpu_before = sum(s["cpu_s"] for s in workers.call_all("stats"))
         next_rss, next_churn, next_window = t0, t0 + args.churn_interval_s, t0 + args.window_s
         end = t0 + args.duration_s
@@ -459,6 +461,13 @@ def main() -> None:
             if now >= next_rss:
                 rss.append((now - t0, _rss_kib(daemon.pid)))
                 next_rss += args.rss_interval_s
+                if rss[-1][1] > args.max_rss_mib * 1024:
+                    # A daemon that falls behind queues the backlog in memory: stop before it
+                    # takes a shared machine's memory (the windows so far are reported).
+                    result["aborted"] = (
+                        f"daemon RSS over {args.max_rss_mib} MiB at {now - t0:.0f} s"
+                    )
+                    end = now
             if now >= next_churn and now < end:
                 op = rng.choices(CHURN_OPS, CHURN_WEIGHTS)[0]
                 w = rng.randrange(args.workers)
@@ -484,7 +493,11 @@ def main() -> None:
                         "start_s": start_s,
                         "end_s": round(counters.at - t0, 1),
                         **_latency(samples, seconds),
-                        "sent_stored_blocks_per_s": round((sent - sent_before) / seconds),
+                        "sent_blocks_per_s": round((sent - sent_before) / seconds),
+                        "applied_blocks_per_s": round(
+                            (counters.stored + counters.removed - before.stored - before.removed)
+                            / seconds
+                        ),
                         "applied_stored_blocks_per_s": round(
                             (counters.stored - before.stored) / seconds
                         ),
@@ -495,11 +508,12 @@ def main() -> None:
                             100 * (counters.cpu_s - before.cpu_s) / seconds, 1
                         ),
                         "fleet_cpu_percent": round(100 * (fleet_cpu - fleet_cpu_before) / seconds),
-                        # Sent but not yet applied (stored blocks, since the soak began): a
+                        # Sent but not yet applied (stored + removed, since the soak began): a
                         # daemon that keeps up holds this near zero; one that does not queues
                         # the difference in its ZMQ receive buffers (RSS grows with it).
-                        "backlog_stored_blocks": round(
-                            (sent - sent_at_t0) - (counters.stored - stored_at_t0)
+                        "backlog_blocks": round(
+                            (sent - sent_at_t0)
+                            - (counters.stored + counters.removed - applied_at_t0)
                         ),
                         "rss_mib_max": round(max(in_window) / 1024, 1) if in_window else None,
                         "gaps": int(counters.gaps - before.gaps),
@@ -522,10 +536,11 @@ def main() -> None:
         stable = [kib for at, kib in rss if at >= args.warmup_s]
         all_samples = lookups.samples
         result["windows"] = windows
-        result["lookups_total"] = _latency(all_samples, args.duration_s)
         run_s = totals.at - t0
+        result["lookups_total"] = _latency(all_samples, end - t0)
         result["ingest"] = {
-            "target_stored_blocks_per_s": args.blocks_per_s,
+            "target_blocks_per_s": args.blocks_per_s,
+            "applied_blocks_per_s": round((totals.stored + totals.removed) / run_s),
             "applied_stored_blocks_per_s": round(totals.stored / run_s),
             "applied_removed_blocks_per_s": round(totals.removed / run_s),
             "applied_stored_blocks": int(totals.stored),

@@ -4,7 +4,8 @@
 the per-event encoding all run in Python), far from the soak's 100k blocks/s on a shared 2-core
 machine. So each endpoint *slot* records one cycle of its engine's traffic ahead of time
 (``kvsync.sim`` ``Engine`` + ``Workload``, events pre-encoded with ``eras.raw_event``) and the
-fleet replays those frames, paced by stored blocks, through the simulator's ``Publisher``s: the
+fleet replays those frames, paced by blocks (stored + removed, as ``ingest_bench`` counts
+them), through the simulator's ``Publisher``s: the
 real wire format, vLLM's replay protocol and the simulator's fault knobs (``drop_next``,
 ``restart``) are all the simulator's own. A cycle ends with ``AllBlocksCleared``, so the next
 cycle starts from the same empty cache the recording started from, and every position in the
@@ -34,7 +35,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from kvsync.model import AllBlocksCleared, BlockStored, EndpointId
+from kvsync.model import AllBlocksCleared, BlockRemoved, BlockStored, EndpointId
 from kvsync.sim import (
     DEFAULT_ADAPTER,
     Engine,
@@ -61,7 +62,7 @@ class FleetConfig:
     worker: int
     pods: int  # in this process
     dp_sizes: tuple[int, ...]
-    blocks_per_s: float  # stored blocks/s of this process
+    blocks_per_s: float  # blocks (stored + removed) per second of this process
     cycle_blocks: int  # stored blocks per slot and cycle
     num_blocks: int
     block_size: int
@@ -73,7 +74,8 @@ class FleetConfig:
 class Recording:
     era: Era
     batches: list[list[msgspec.Raw]]  # one cycle; the last is [AllBlocksCleared]
-    stored: list[int]  # stored blocks per batch: the pacing cost
+    blocks: list[int]  # blocks stored + removed per batch: the pacing cost
+    stored: list[int]  # blocks stored per batch
     checkpoint: int  # the truth is the engine after batches[:checkpoint]
     truth: Engine
     recent: list[Request]
@@ -92,6 +94,7 @@ def record(slot: int, era: Era, config: FleetConfig, library: PromptLibrary) -> 
     )
     hashes = era.default_hashes
     batches: list[list[msgspec.Raw]] = []
+    costs: list[int] = []
     stored: list[int] = []
     recent: deque[Request] = deque(maxlen=RECENT)
     total = 0
@@ -105,16 +108,19 @@ def record(slot: int, era: Era, config: FleetConfig, library: PromptLibrary) -> 
         if not events:
             continue
         blocks = sum(len(e.block_hashes) for e in events if isinstance(e, BlockStored))
+        removed = sum(len(e.block_hashes) for e in events if isinstance(e, BlockRemoved))
         batches.append([eras.raw_event(era, e, hashes) for e in events])
+        costs.append(blocks + removed)
         stored.append(blocks)
         total += blocks
         if checkpoint is None and total >= config.cycle_blocks // 2:
             checkpoint = (len(batches), copy.deepcopy(engine), list(recent))
     assert checkpoint is not None
     batches.append([eras.raw_event(era, AllBlocksCleared(), hashes)])
+    costs.append(0)
     stored.append(0)
     at, truth, before = checkpoint
-    return Recording(era, batches, stored, at, truth, before)
+    return Recording(era, batches, costs, stored, at, truth, before)
 
 
 @dataclass
@@ -151,7 +157,8 @@ class SoakFleet:
                 numbers.append(len(self.slots))
                 self.slots.append(Slot(record(len(self.slots), era, config, self._library)))
             self.pods.append(self._bind(numbers))
-        self.sent_blocks = 0
+        self.sent_blocks = 0  # stored + removed
+        self.sent_stored = 0
         self.sent_batches = 0
         self._turn = 0
 
@@ -208,7 +215,7 @@ class SoakFleet:
 
     # --- traffic -------------------------------------------------------------------------------
     def send_next(self) -> int:
-        """Publish the next batch of the next endpoint (round robin); its stored blocks."""
+        """Publish the next batch of the next endpoint (round robin); its blocks."""
         endpoints = self._endpoints()
         _, publisher, slot = endpoints[self._turn % len(endpoints)]
         self._turn += 1
@@ -217,7 +224,8 @@ class SoakFleet:
     def _send(self, publisher: Publisher, slot: Slot) -> int:
         recording = slot.recording
         publisher.publish(recording.batches[slot.position])
-        blocks = recording.stored[slot.position]
+        blocks = recording.blocks[slot.position]
+        self.sent_stored += recording.stored[slot.position]
         slot.position = (slot.position + 1) % len(recording.batches)
         self.sent_blocks += blocks
         self.sent_batches += 1
@@ -321,7 +329,8 @@ def worker(conn: Connection, config: FleetConfig) -> None:
                     reply["endpoints"] = fleet.endpoints_document()
             elif command == "stats":
                 cpu = time.process_time() - cpu_started
-                reply = {"sent_blocks": fleet.sent_blocks, "sent_batches": fleet.sent_batches,
+                reply = {"sent_blocks": fleet.sent_blocks, "sent_stored": fleet.sent_stored,
+                         "sent_batches": fleet.sent_batches,
                          "cpu_s": cpu}  # fmt: skip
             elif command == "quiesce":
                 running = False
