@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -120,6 +120,23 @@ class Lookups:
     # (finished at (monotonic), latency from send, latency from the scheduled time, status)
     samples: list[tuple[float, float, float, int]] = field(default_factory=list)
     failure: BaseException | None = None
+    reconnects: int = 0  # keep-alive connections the server closed, reopened
+
+    def _connect(self) -> socket.socket:
+        conn = socket.create_connection(("127.0.0.1", self.port))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def _send(self, conn: socket.socket, request: bytes) -> socket.socket:
+        """Send on ``conn``, or on a new connection if the server has closed that one."""
+        try:
+            conn.sendall(request)
+        except OSError:
+            conn.close()
+            conn = self._connect()
+            conn.sendall(request)
+            self.reconnects += 1
+        return conn
 
     def run(self) -> None:
         try:
@@ -129,21 +146,21 @@ class Lookups:
 
     def _run(self) -> None:
         selector = selectors.DefaultSelector()
-        free = []
-        for _ in range(CONNECTIONS):
-            conn = socket.create_connection(("127.0.0.1", self.port))
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            free.append(conn)
+        # First in, first out: every connection is used every few tens of ms, so none idles
+        # into the server's keep-alive timeout (uvicorn: 5 s) and gets closed under us.
+        free: deque[socket.socket] = deque(self._connect() for _ in range(CONNECTIONS))
         busy: dict[socket.socket, tuple[float, float, bytes]] = {}  # due, sent, buffer
+        pending: dict[socket.socket, bytes] = {}  # the request in flight on each
         start = time.monotonic()
         sent = 0
         due = start
         while not self.stop.is_set() or busy:
             now = time.monotonic()
             while free and due <= now and not self.stop.is_set():
-                conn = free.pop()
-                conn.sendall(self.requests[sent % len(self.requests)])
+                request = self.requests[sent % len(self.requests)]
+                conn = self._send(free.popleft(), request)
                 busy[conn] = (due, time.monotonic(), b"")
+                pending[conn] = request
                 selector.register(conn, selectors.EVENT_READ)
                 sent += 1
                 due = max(start + sent / self.rate, now - 1.0)  # a stall is not made up later
@@ -153,7 +170,19 @@ class Lookups:
                 scheduled, sent_at, buffer = busy[conn]
                 chunk = conn.recv(1 << 20)
                 if not chunk:
-                    raise ConnectionError("the daemon closed a keep-alive connection")
+                    if buffer:
+                        raise ConnectionError("the daemon closed a connection mid-response")
+                    # A keep-alive connection the server closed: what an HTTP client does, open
+                    # another and send again; the latency keeps the first send's time.
+                    selector.unregister(conn)
+                    conn.close()
+                    del busy[conn]
+                    request = pending.pop(conn)
+                    conn = self._send(self._connect(), request)
+                    busy[conn], pending[conn] = (scheduled, sent_at, b""), request
+                    selector.register(conn, selectors.EVENT_READ)
+                    self.reconnects += 1
+                    continue
                 buffer += chunk
                 if not _response_length(buffer):
                     busy[conn] = (scheduled, sent_at, buffer)
@@ -161,7 +190,7 @@ class Lookups:
                 finished = time.monotonic()
                 status = int(buffer[9:12])
                 self.samples.append((finished, finished - sent_at, finished - scheduled, status))
-                del busy[conn]
+                del busy[conn], pending[conn]
                 selector.unregister(conn)
                 free.append(conn)
         for conn in free:
@@ -538,6 +567,7 @@ def main() -> None:
         result["windows"] = windows
         run_s = totals.at - t0
         result["lookups_total"] = _latency(all_samples, end - t0)
+        result["lookups_total"]["reconnects"] = lookups.reconnects
         result["ingest"] = {
             "target_blocks_per_s": args.blocks_per_s,
             "applied_blocks_per_s": round((totals.stored + totals.removed) / run_s),
