@@ -74,8 +74,10 @@ bench: install
 	$(PY) benchmarks/index_bench.py
 	$(PY) benchmarks/ingest_bench.py
 	$(PY) benchmarks/api_bench.py
+	$(PY) benchmarks/serve_bench.py
 	$(PY) benchmarks/sim_bench.py
 	$(PY) benchmarks/discovery_bench.py
+	$(PY) benchmarks/fuzz_campaign.py
 
 # build/ holds setuptools' objects and the downloaded xxhash.h (fetched again on the next build).
 clean:

@@ -109,8 +109,11 @@ class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False)
             raise ValueError(f"{len(self.extra_keys)} extra_keys entries for {n_blocks} blocks")
         # Signed int64 hashes to uint64 in place, inline: a helper call per event cost more
         # than the check. A list mixing ints and bytes fails in min(): the event is rejected.
-        if n_blocks and type(hashes[0]) is int and min(hashes) < 0:
-            hashes[:] = [h & UINT64_MASK for h in hashes]
+        if n_blocks and type(hashes[0]) is int:
+            if min(hashes) < 0:
+                hashes[:] = [h & UINT64_MASK for h in hashes]
+        elif not all(type(h) is bytes for h in hashes):  # bytes first, then an int: no min()
+            raise ValueError(f"{Reason.HASH}: block hashes mix bytes and ints")
         parent = self.parent_block_hash
         if type(parent) is int and parent < 0:
             self.parent_block_hash = parent & UINT64_MASK
@@ -148,6 +151,8 @@ class BlockRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", gc=Fals
                     hashes[0] = first & UINT64_MASK
             elif min(hashes) < 0:
                 hashes[:] = [h & UINT64_MASK for h in hashes]
+        elif not all(type(h) is bytes for h in hashes):  # bytes first, then an int: no min()
+            raise ValueError(f"{Reason.HASH}: block hashes mix bytes and ints")
 
 
 class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", tag_field="type", gc=False):

@@ -54,7 +54,7 @@ _FLOAT64: Final = 0xCB
 # Token ids are a msgspec.Raw, so msgspec itself never fails on them: every token error (bad id,
 # not an array, wrong count, in either layout) is BlockStored.__post_init__'s "tokens: ...".
 _TOKENS_PATH: Final = re.compile(r"^tokens:")
-_HASH_PATH: Final = re.compile(r"`\$(\.block_hashes|\.parent_block_hash|\[1\]|\[2\])")
+_HASH_PATH: Final = re.compile(r"^hash:|`\$(\.block_hashes|\.parent_block_hash|\[1\]|\[2\])")
 _TAG_PATH: Final = re.compile(
     r"Invalid value .* - at `\$(\.type|\[0\])`$|Expected `str`.*`\$\[0\]`$"
 )

@@ -5,6 +5,11 @@ Routes: ``POST /v1/match``, ``GET /v1/pods`` (both behind the optional bearer to
 docs/architecture.md and the design's §5. Every rejection is ``{"error": "<message>"}`` with a 4xx
 status and is counted in ``kvsync_match_requests_total{result}``; bad input never yields a 5xx.
 
+``POST /v1/match``, the route routers call on every request, is answered by ``App`` straight from
+the ASGI messages: no Starlette request, router or response objects on the hot path (they cost
+more than the lookup itself for short prompts). Every other path, and a wrong method on
+``/v1/match``, goes through the Starlette app. Both paths run the same checks in the same order.
+
 Threads: ``kvsync.http.server`` runs this app on uvicorn's own thread (one asyncio loop).
 Handlers are ``async def`` and block only inside the index backend's ``match`` (one call per
 lookup; the in-memory backend takes its lock there, and reports the wait and hold times as
@@ -28,6 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from kvsync import metrics
 from kvsync.http import schemas
@@ -38,8 +44,11 @@ from kvsync.model import EndpointId
 log = structlog.get_logger()
 
 JSON: Final = "application/json"
+_JSON_HEADERS: Final = [(b"content-type", JSON.encode())]
+_AUTH_CHALLENGE: Final = [(b"www-authenticate", b"Bearer")]
 _DECODE: Final = msgspec.json.Decoder(schemas.MatchRequest)
 _ENCODE: Final = msgspec.json.Encoder()
+_MATCH_OK: Final = metrics.MATCH_REQUESTS.labels(result="ok")
 
 
 class Rejected(Exception):  # noqa: N818  # control flow inside the handler: an answer, not a fault
@@ -102,19 +111,20 @@ class Api:
         self._expected = None if token is None else f"Bearer {token}".encode()
         self._openapi = msgspec.json.encode(schemas.openapi())
 
-    def _check_token(self, request: Request) -> None:
+    def _check_token(self, authorization: bytes | None) -> None:
         if self._expected is None:
             return
-        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, self._expected):
+        if not hmac.compare_digest(authorization or b"", self._expected):
             raise Rejected(401, "unauthorized", "missing or wrong bearer token")
 
-    async def _body(self, request: Request) -> bytes:
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    async def _body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
+        """The request body within the limits; None when the client went away meanwhile."""
+        raw_type = headers.get(b"content-type", b"").decode("latin-1")
+        media_type = raw_type.partition(";")[0].strip().lower()
         if media_type != JSON:
             raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
         limit = self._settings.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
         chunks: list[bytes] = []
@@ -122,16 +132,22 @@ class Api:
         deadline = self._settings.body_timeout_s
         try:
             async with asyncio.timeout(deadline):  # a client that stalls mid-body is cut off
-                async for chunk in request.stream():
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # http.disconnect
+                        return None
+                    chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:  # chunked or lying about its length: stop reading now
                         raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
                     chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             raise Rejected(408, "timeout", f"body not received within {deadline} s") from None
         if size == 0:
             raise Rejected(400, "empty_body", "empty body")
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _decode(self, body: bytes) -> schemas.MatchRequest:
         try:
@@ -181,24 +197,41 @@ class Api:
             matches=matches,
         )
 
-    async def match(self, request: Request) -> Response:
+    async def match_raw(
+        self, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """``POST /v1/match`` from ASGI parts: (status, JSON body, extra headers), or None when
+        the client disconnected before its body arrived (nobody to answer)."""
         try:
-            self._check_token(request)
-            body = await self._body(request)
+            self._check_token(headers.get(b"authorization"))
+            body = await self._body(headers, receive)
+            if body is None:
+                return None
             started = time.perf_counter()
-            query = self._decode(body)
-            response = _ok(self._answer(query))
+            answer = _ENCODE.encode(self._answer(self._decode(body)))
         except Rejected as rejected:
             metrics.MATCH_REQUESTS.labels(result=rejected.result).inc()
-            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None
-            return _error(rejected.status, rejected.message, headers)
+            error = _ENCODE.encode(schemas.ErrorResponse(error=rejected.message))
+            return rejected.status, error, _AUTH_CHALLENGE if rejected.status == 401 else []
         metrics.MATCH_DURATION.observe(time.perf_counter() - started)
-        metrics.MATCH_REQUESTS.labels(result="ok").inc()
+        _MATCH_OK.inc()
+        return 200, answer, []
+
+    async def match(self, request: Request) -> Response:
+        """The Starlette route of ``match_raw`` (``App`` serves the route without it)."""
+        headers = dict(request.scope["headers"])
+        answer = await self.match_raw(headers, request.receive)
+        if answer is None:
+            return Response(status_code=400)  # the client is gone: never sent
+        status, body, extra = answer
+        response = Response(body, status_code=status, media_type=JSON)
+        for name, value in extra:
+            response.headers[name.decode()] = value.decode()
         return response
 
     async def pods(self, request: Request) -> Response:
         try:
-            self._check_token(request)
+            self._check_token(request.headers.get("authorization", "").encode("latin-1"))
         except Rejected as rejected:
             return _error(rejected.status, rejected.message, {"WWW-Authenticate": "Bearer"})
         return _ok(schemas.PodsResponse(pods=list(self._pods())))
@@ -231,8 +264,29 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
-def create_app(api: Api) -> Starlette:
-    """The Starlette application serving ``api``."""
+class App:
+    """The ASGI application: ``POST /v1/match`` answered here, everything else by Starlette."""
+
+    def __init__(self, api: Api, fallback: Starlette) -> None:
+        self._api = api
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/match" and scope["method"] == "POST":
+            answer = await self._api.match_raw(dict(scope["headers"]), receive)
+            if answer is None:
+                return
+            status, body, extra = answer
+            headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra]
+            start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.fallback(scope, receive, send)
+
+
+def create_app(api: Api) -> App:
+    """The ASGI application serving ``api``."""
     routes = [
         Route("/v1/match", api.match, methods=["POST"]),
         Route("/v1/pods", api.pods, methods=["GET"]),
@@ -241,4 +295,4 @@ def create_app(api: Api) -> Starlette:
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    return App(api, Starlette(routes=routes, exception_handlers={HTTPException: _http_error}))

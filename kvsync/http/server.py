@@ -5,7 +5,9 @@ thread), so a bad address fails at start-up with a clear ``ConfigError`` and ``p
 even when 0 was asked for. ``start()`` runs uvicorn on a new thread (``http``); ``wait_started()``
 polls uvicorn's started flag with a deadline; ``stop()`` sets ``should_exit`` and joins within a
 budget (uvicorn finishes in-flight requests for up to that long). uvicorn gets ``log_config=None``
-(kvsync.daemon.logs configures logging) and no access log. A crash of the server thread is reported
+(kvsync.daemon.logs configures logging) and no access log. HTTP parsing is httptools and the
+event loop uvloop (both C; uvicorn's pure-Python h11 and the asyncio loop cost about a third more
+CPU per lookup, BENCHMARKS.md ``## Serving``). A crash of the server thread is reported
 through ``on_crash`` (the runtime exits 1).
 """
 
@@ -14,13 +16,31 @@ import threading
 import time
 from collections.abc import Callable
 
+import msgspec
 import structlog
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kvsync.errors import ConfigError
 
 log = structlog.get_logger()
+
+
+class JsonErrorsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the one answer it writes itself — a 400 for a request
+    it cannot parse (e.g. a control byte in a header, which httptools refuses and h11 let
+    through) — in the API's error shape, ``{"error": ...}``, like every other rejection."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = msgspec.json.encode({"error": f"malformed HTTP request: {msg}"})
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join([*head, body]))
+        self.transport.close()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -63,6 +83,8 @@ class HttpServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            http=JsonErrorsProtocol,
+            loop="uvloop",
             timeout_graceful_shutdown=max(1, round(graceful_seconds)),
             timeout_keep_alive=30,
         )

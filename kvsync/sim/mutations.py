@@ -201,7 +201,7 @@ class Mutator:
         weights: Mapping[Kind, float] | None = None,
         topic: bytes | None = None,
         depth: tuple[int, int] = DEPTH_RANGE,
-        max_oversized: int = 5_000,
+        max_oversized: int = 2_000,
     ) -> None:
         """``seeds``: live messages (the payload is their last frame); ``topic`` defaults to the
         first seed's; ``max_oversized``: most blocks or events of a real oversized array."""

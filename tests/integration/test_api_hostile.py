@@ -4,6 +4,8 @@ After every generated request the same connection asks a valid question and must
 answer, so a request that corrupts the server's state (or wedges the connection) fails the test.
 """
 
+import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,3 +170,23 @@ def test_pathological_bodies(client: httpx.Client, body: bytes) -> None:
         return
     response = client.post("/v1/match", content=body, headers={"content-type": "application/json"})
     _check(client, response)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/match HTTP/1.1\r\nhost: x\r\ncontent-type: application/json; x=\x7f\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nbad header line\r\n\r\n",
+    ],
+)
+def test_a_request_the_http_parser_refuses_gets_a_json_400(request_bytes: bytes) -> None:
+    with running_api() as harness, socket.create_connection(("127.0.0.1", harness.port)) as sock:
+        sock.sendall(request_bytes)
+        reply = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after its answer
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    assert list(json.loads(body)) == ["error"]

@@ -167,9 +167,9 @@ def _batch(seq: int, event: Mapping[str, object]) -> list[bytes]:
 
 
 def test_hash_lists_of_bytes_then_a_negative_int_are_rejected_not_a_failure() -> None:
-    """The storm's one finding, alone: a hash list whose first hash is bytes and a later one a
-    negative int escapes BlockStored's and BlockRemoved's normalisation (it looks only at the
-    first hash) and reaches the index's C table, which raises OverflowError."""
+    """The storm's first finding, alone: a hash list whose first hash is bytes and a later one a
+    negative int passed BlockStored's and BlockRemoved's normalisation (it looked only at the
+    first hash) and made the index's C table raise OverflowError (counted as internal)."""
     mixed: list[object] = [b"\x01" * 32, -1]
     stored = {"type": "BlockStored", "block_hashes": [(1 << 64) - 1], "parent_block_hash": None,
               "token_ids": [0, 1, 2, 3], "block_size": 4, "medium": "GPU"}  # fmt: skip

@@ -380,6 +380,17 @@ def test_64_byte_hashes_of_merged_groups_are_accepted() -> None:
     assert too_long.reason is Reason.HASH
 
 
+@pytest.mark.parametrize("hashes", [[bytes(8), -1], [bytes(8), 5], [b"\x01" * 32, 1 << 63]])
+def test_a_hash_list_of_bytes_then_ints_is_a_hash_rejection(hashes: list[Any]) -> None:
+    stored = {**_GOOD_MAP, "block_hashes": hashes, "token_ids": [1, 2] * len(hashes)}
+    removed = {"type": "BlockRemoved", "block_hashes": hashes}
+    batch = _live([1.0, [stored, removed], 0])
+    assert [(r.reason, r.kind) for r in batch.rejected] == [
+        (Reason.HASH, "BlockStored"),
+        (Reason.HASH, "BlockRemoved"),
+    ]
+
+
 def test_an_absurd_block_size_is_rejected() -> None:
     (rejected,) = _live([1.0, [{**_GOOD_MAP, "block_hashes": [], "token_ids": [],
                                 "block_size": 1 << 40}], 0]).rejected  # fmt: skip
