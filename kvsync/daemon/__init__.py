@@ -1,0 +1,1 @@
+"""The daemon: settings, wiring and lifecycle, logging, and the ``kvsync`` command."""

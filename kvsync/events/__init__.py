@@ -1,0 +1,1 @@
+"""Events: the vLLM/SGLang wire layouts and frames → ``model.Batch``. Pure."""

@@ -1,0 +1,1 @@
+"""HTTP: the Starlette/ASGI app, its schemas, and the uvicorn thread that serves it."""

@@ -1,0 +1,1 @@
+"""The prefix index: the ``IndexBackend`` seam, its values, block keys, and the backends."""

@@ -1,0 +1,1 @@
+"""Ingest: the ingest thread, its sockets, and the per-endpoint sequence state machine."""

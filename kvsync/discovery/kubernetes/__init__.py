@@ -1,0 +1,1 @@
+"""The Kubernetes discovery source: pods → endpoints, one list/watch loop per namespace."""

@@ -1,0 +1,1 @@
+"""The in-memory index backend: ``PrefixIndex`` (with ``_native``) behind its own lock."""
