@@ -15,6 +15,10 @@ ROOT: Final[int]  # the key a chain starts from
 def token_count(msgpack_array: msgspec.Raw | bytes, /) -> int:
     """Validate a msgpack array of token ids; returns how many there are."""
 
+def json_token_ids(json_array: msgspec.Raw | bytes, /) -> bytes:
+    """A JSON array of ints in [0, 2^32) as native uint32 (``memoryview(...).cast("I")`` reads
+    it); ``ValueError`` for any other JSON value. Parsed without the GIL."""
+
 def chain(
     parent: int,
     token_ids: Sequence[int] | msgspec.Raw,

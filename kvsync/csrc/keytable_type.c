@@ -308,29 +308,49 @@ static PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
         any |= alive[w];
     }
     Py_DECREF(rest);
-    PyObject *seq = PySequence_Fast(args[0], "token_ids must be a sequence of ints");
-    if (seq == NULL) return NULL;
+    /* Token ids as a list of ints, or already as uint32 (a buffer of format "I", such as
+     * ``json_token_ids``' answer cast by a memoryview): then no per-token conversion at all. */
+    Py_buffer ids = {0};
+    PyObject *seq = NULL;
+    Py_ssize_t n_tokens;
+    if (PyObject_CheckBuffer(args[0])) {
+        if (PyObject_GetBuffer(args[0], &ids, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+        if (ids.itemsize != sizeof(uint32_t) || ids.format == NULL || strcmp(ids.format, "I")) {
+            PyBuffer_Release(&ids);
+            PyErr_SetString(PyExc_TypeError, "a token_ids buffer must be of uint32 (format I)");
+            return NULL;
+        }
+        n_tokens = ids.len / (Py_ssize_t)sizeof(uint32_t);
+    } else {
+        seq = PySequence_Fast(args[0], "token_ids must be a sequence of ints");
+        if (seq == NULL) return NULL;
+        n_tokens = PySequence_Fast_GET_SIZE(seq);
+    }
     PyObject *runs = PyDict_New();
     PyObject *keys = PyObject_IsTrue(args[3]) ? PyList_New(0) : Py_NewRef(Py_None);
     Py_ssize_t bs = t->block_size;
-    Py_ssize_t n_blocks = PySequence_Fast_GET_SIZE(seq) / bs;
+    Py_ssize_t n_blocks = n_tokens / bs;
     Py_ssize_t salt_len = salt == Py_None ? 0 : PyBytes_GET_SIZE(salt);
     /* Sized by the query, not by the block size alone: a context's block size comes from events,
      * and a query shorter than one block (n_blocks 0) allocates nothing to speak of. */
     Py_ssize_t chunk_blocks = n_blocks < WALK_CHUNK ? n_blocks : WALK_CHUNK;
     size_t block_bytes = n_blocks ? (size_t)bs * sizeof(uint32_t) : 0;
-    uint32_t *tokens = PyMem_Malloc((size_t)chunk_blocks * block_bytes + 1);
+    uint32_t *converted = seq == NULL ? NULL : PyMem_Malloc((size_t)chunk_blocks * block_bytes + 1);
+    uint32_t *tokens = converted;
     char *scratch = PyMem_Malloc(block_bytes + (size_t)salt_len + 1);
     Py_ssize_t position = 0;
     uint64_t key = KV_ROOT;
     int failed = runs == NULL || keys == NULL;
-    if (!failed && (tokens == NULL || scratch == NULL)) {
+    if (!failed && ((seq != NULL && converted == NULL) || scratch == NULL)) {
         PyErr_NoMemory();
         failed = 1;
     }
     while (!failed && any && position < n_blocks) {
         Py_ssize_t chunk = n_blocks - position < WALK_CHUNK ? n_blocks - position : WALK_CHUNK;
-        if (kv_tokens_from_items(PySequence_Fast_ITEMS(seq), position * bs, chunk * bs, tokens)) {
+        if (seq == NULL) {
+            tokens = (uint32_t *)ids.buf + position * bs;
+        } else if (kv_tokens_from_items(PySequence_Fast_ITEMS(seq), position * bs, chunk * bs,
+                                        tokens)) {
             failed = 1;
             break;
         }
@@ -371,9 +391,10 @@ static PyObject *kt_walk(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
         }
     }
     if (!failed && any && end_runs(runs, alive, words, position) < 0) failed = 1;
-    PyMem_Free(tokens);
+    PyMem_Free(converted);
     PyMem_Free(scratch);
-    Py_DECREF(seq);
+    if (seq == NULL) PyBuffer_Release(&ids);
+    else Py_DECREF(seq);
     if (failed) {
         Py_XDECREF(runs);
         Py_XDECREF(keys);

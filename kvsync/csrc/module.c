@@ -4,6 +4,8 @@
 static PyMethodDef native_methods[] = {
     {"token_count", (PyCFunction)kv_token_count, METH_O,
      "token_count(msgpack_array) -> int: validate a msgpack array of token ids in [0, 2^32)."},
+    {"json_token_ids", (PyCFunction)kv_json_token_ids, METH_O,
+     "json_token_ids(json_array) -> bytes: a JSON array of token ids as native uint32."},
     {"chain", (PyCFunction)(void (*)(void))kv_chain_py, METH_FASTCALL,
      "chain(parent, token_ids, block_size, extras) -> list[int]: chained block keys."},
     {NULL, NULL, 0, NULL},

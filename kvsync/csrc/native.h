@@ -9,7 +9,11 @@
  * with the GIL held and under the index's lock; the table writes let go of the GIL inside (see
  * keytable_type.c), which that lock makes safe: keytable.c and u64map.c use no Python API.
  *
- * Files: tokens.c (msgpack / list token ids -> uint32, block keys), u64map.c (engine hash ->
+ * ``json_token_ids`` (tokens.c) is called without the index lock, from the HTTP thread, and
+ * parses without the GIL: its parser reads only the request's bytes and writes only its own
+ * new bytes object.
+ *
+ * Files: tokens.c (msgpack / JSON / list token ids -> uint32, block keys), u64map.c (engine hash ->
  * key maps), keytable.c (one index context: keys, holders, recency, eviction; no Python API),
  * keytable_type.c (the KeyTable Python type: its writes, the walk and the other reads),
  * module.c.
@@ -70,6 +74,7 @@ int kv_chain(uint64_t parent, const uint32_t *tokens, Py_ssize_t block_size,
 
 PyObject *kv_token_count(PyObject *module, PyObject *arg);
 PyObject *kv_chain_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *kv_json_token_ids(PyObject *module, PyObject *arg);
 
 /* ---- u64map.c: uint64 engine hash -> uint64 key, open addressing, linear probing ---------- */
 

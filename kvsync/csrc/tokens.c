@@ -239,3 +239,70 @@ PyObject *kv_chain_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyMem_Free(tokens);
     return result;
 }
+
+static inline int json_space(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* The ids of a JSON array of ints in [0, 2^32) into ``out``; their count, or -1 for anything
+ * else (a float, a negative number, a string, a nested value). The text is valid JSON
+ * (msgspec checked it), so this only has to tell an array of such ints from the rest. No
+ * Python API: it runs without the GIL. */
+static Py_ssize_t json_tokens(const unsigned char *p, const unsigned char *end, uint32_t *out) {
+    Py_ssize_t n = 0;
+    while (p < end && json_space(*p)) p++;
+    if (p == end || *p++ != '[') return -1;
+    while (p < end && json_space(*p)) p++;
+    if (p < end && *p == ']') {
+        p++;
+    } else {
+        for (;;) {
+            while (p < end && json_space(*p)) p++;
+            uint64_t value = 0;
+            int digits = 0;
+            for (; p < end && *p >= '0' && *p <= '9'; p++) {
+                if (++digits > 10) return -1; /* >= 10^10: above 2^32 */
+                value = value * 10 + (uint64_t)(*p - '0');
+            }
+            if (digits == 0 || value >= TOKEN_LIMIT) return -1;
+            out[n++] = (uint32_t)value;
+            while (p < end && json_space(*p)) p++;
+            if (p == end) return -1;
+            if (*p == ']') {
+                p++;
+                break;
+            }
+            if (*p++ != ',') return -1; /* '.', 'e': a float */
+        }
+    }
+    while (p < end && json_space(*p)) p++;
+    return p == end ? n : -1;
+}
+
+/* json_token_ids(json_array) -> bytes: the ids as uint32 in native byte order. */
+PyObject *kv_json_token_ids(PyObject *module, PyObject *arg) {
+    (void)module;
+    Py_buffer text;
+    if (PyObject_GetBuffer(arg, &text, PyBUF_SIMPLE) < 0) return NULL;
+    /* Every id but the last takes two bytes at least ("7,"), and "[7]" is three. */
+    Py_ssize_t room = text.len / 2 + 1;
+    PyObject *ids = PyBytes_FromStringAndSize(NULL, room * (Py_ssize_t)sizeof(uint32_t));
+    if (ids == NULL) {
+        PyBuffer_Release(&text);
+        return NULL;
+    }
+    Py_ssize_t n;
+    const unsigned char *start = text.buf;
+    uint32_t *out = (uint32_t *)PyBytes_AS_STRING(ids);
+    Py_BEGIN_ALLOW_THREADS
+    n = json_tokens(start, start + text.len, out);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&text);
+    if (n < 0) {
+        Py_DECREF(ids);
+        PyErr_SetString(PyExc_ValueError, "tokens: not a JSON array of ints in [0, 2^32)");
+        return NULL;
+    }
+    if (_PyBytes_Resize(&ids, n * (Py_ssize_t)sizeof(uint32_t)) < 0) return NULL;
+    return ids;
+}

@@ -19,9 +19,12 @@ event's LoRA name are dropped (the adapter is already the context), so a LoRA bl
 same whichever vLLM release published it; a block with nothing left is a plain block. A query's
 ``cache_salt`` S is the extra keys ``[S]`` of block 0, exactly as vLLM publishes a salted request.
 
-Raises ``ValueError`` (message ``tokens: ...``) for a msgpack token array that is not ints in
-[0, 2^32), ``OverflowError`` for such ids given as Python ints (the decoder and the HTTP API
-reject those first).
+A router's token ids arrive as JSON: ``json_token_ids`` parses the array straight into uint32 (a
+``memoryview`` of format ``I``, which the walk reads as it is), never one Python int per id.
+
+Raises ``ValueError`` (message ``tokens: ...``) for a msgpack or JSON token array that is not
+ints in [0, 2^32), ``OverflowError`` for such ids given as Python ints (the decoder and the HTTP
+API reject those first).
 """
 
 from collections.abc import Sequence
@@ -78,3 +81,9 @@ def query_keys(
     if cache_salt is not None and n_blocks:
         extras = [salt_extra(cache_salt)] + [None] * (n_blocks - 1)
     return chain(ROOT, token_ids, block_size, extras)
+
+
+def json_token_ids(json_array: msgspec.Raw | bytes) -> Sequence[int]:
+    """The ids of a JSON array of ints in [0, 2^32) as uint32, without a Python int per id;
+    ``ValueError`` for any other JSON value."""
+    return memoryview(_native.json_token_ids(json_array)).cast("I")

@@ -1,6 +1,7 @@
 """kvsync.index.keys: the chained block keys are what the architecture says, on both sides."""
 
 from array import array
+from typing import Annotated
 
 import msgspec
 import pytest
@@ -150,3 +151,52 @@ def test_out_of_range_token_ids_raise() -> None:
             keys.chain(keys.ROOT, msgspec.Raw(msgspec.msgpack.encode(bad)), 1)
     with pytest.raises(ValueError, match=r"^tokens: "):
         keys.chain(keys.ROOT, msgspec.Raw(msgspec.msgpack.encode(["x"])), 1)
+
+
+# -- token ids from JSON: the C parser agrees with msgspec's strict decode ----------------------
+
+_STRICT: "msgspec.json.Decoder[list[int]]" = msgspec.json.Decoder(
+    list[Annotated[int, msgspec.Meta(ge=0, lt=2**32)]]
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=2), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 2**32 - 1), max_size=300),
+    spaces=st.sampled_from(["", " ", "\n\t "]),
+)
+def test_json_token_ids_reads_every_array_of_token_ids(ids: list[int], spaces: str) -> None:
+    text = ("[" + spaces + ("," + spaces).join(map(str, ids)) + spaces + "]").encode()
+    assert list(keys.json_token_ids(text)) == ids
+    assert list(keys.json_token_ids(msgspec.json.encode(ids))) == ids
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=json_values | st.lists(json_values, max_size=6))
+def test_json_token_ids_accepts_exactly_what_the_strict_decode_accepts(value: object) -> None:
+    text = msgspec.json.encode(value)
+    try:
+        strict: list[int] | None = _STRICT.decode(text)
+    except msgspec.ValidationError:
+        strict = None
+    try:
+        fast: list[int] | None = list(keys.json_token_ids(text))
+    except ValueError:
+        fast = None
+    assert fast == strict
+
+
+def test_the_walk_reads_uint32_ids_as_it_reads_a_list() -> None:
+    table = _native.KeyTable(4)
+    ids = list(range(40))
+    table.store(0, keys.ROOT, list(range(1, 11)), ids, None)
+    as_list = table.walk(ids, None, 1, True)
+    as_uint32 = table.walk(keys.json_token_ids(msgspec.json.encode(ids)), None, 1, True)
+    assert as_list == as_uint32 == ({0: 10}, as_list[1])
+    with pytest.raises(TypeError, match="uint32"):
+        table.walk(memoryview(bytes(16)).cast("H"), None, 1, False)
