@@ -154,7 +154,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _request(path: str, body: bytes | None) -> bytes:
+def http_request(path: str, body: bytes | None) -> bytes:
+    """One keep-alive HTTP/1.1 request: a GET, or a JSON POST of ``body``."""
     if body is None:
         return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     head = (
@@ -164,7 +165,7 @@ def _request(path: str, body: bytes | None) -> bytes:
     return head.encode() + body
 
 
-def _response_done(buffer: bytes) -> int:
+def response_length(buffer: bytes) -> int:
     """Length of the first complete response in ``buffer``, or 0."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
@@ -210,7 +211,7 @@ def load(port: int, requests: list[bytes], rate: float, seconds: float) -> dict[
         for key, _ in selector.select(wait):
             answered = cast(socket.socket, key.fileobj)
             buffers[answered] += answered.recv(65536)
-            if _response_done(buffers[answered]):
+            if response_length(buffers[answered]):
                 finished = time.perf_counter()
                 status = int(buffers[answered][9:12])
                 statuses[status] = statuses.get(status, 0) + 1
@@ -296,7 +297,7 @@ def main() -> None:
     try:
         assert ready.wait(120), "feeder did not get subscribers"
         bodies = [json.dumps({"model": MODEL, "token_ids": p}).encode() for p in prompts(args.pods)]
-        requests = [_request("/v1/match", body) for body in bodies]
+        requests = [http_request("/v1/match", body) for body in bodies]
         deadline = time.monotonic() + 60
         expected = sum(PROMPT_BLOCKS for _ in bodies) + sum(PROMPT_BLOCKS // 2 for _ in bodies)
         while _applied_blocks(http_port) < expected:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import soak_fleet
+from api_bench import http_request, response_length
 
 import kvsync
 
@@ -85,28 +86,6 @@ def _by_label(metrics: dict[str, float], name: str) -> dict[str, int]:
         if key.startswith(name + "{") and value:
             result[key.split('"')[1]] = int(value)
     return result
-
-
-def _request(body: bytes) -> bytes:
-    head = (
-        "POST /v1/match HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _response_length(buffer: bytes) -> int:
-    """Length of the first complete response in ``buffer``, or 0."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        return 0
-    length = 0
-    for line in buffer[:end].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.lower() == b"content-length":
-            length = int(value)
-    total = end + 4 + length
-    return total if len(buffer) >= total else 0
 
 
 @dataclass
@@ -184,7 +163,7 @@ class Lookups:
                     self.reconnects += 1
                     continue
                 buffer += chunk
-                if not _response_length(buffer):
+                if not response_length(buffer):
                     busy[conn] = (scheduled, sent_at, buffer)
                     continue
                 finished = time.monotonic()
@@ -464,7 +443,7 @@ def main() -> None:
         _wait(lambda: len(_pods(port)) == sum(len(_pods_of(d)) for d in documents), 60, "pods")
         bodies = [q for part in workers.call_all("queries", args.lookup_bodies // args.workers)
                   for q in part]  # fmt: skip
-        requests = [_request(json.dumps(q.body()).encode()) for q in bodies]
+        requests = [http_request("/v1/match", json.dumps(q.body()).encode()) for q in bodies]
         workers.call_all("start")
         lookups = Lookups(port, requests, args.rps)
         loader = threading.Thread(target=lookups.run, name="lookups")
