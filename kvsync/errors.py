@@ -2,9 +2,10 @@
 
     KvsyncError
     ├── ConfigError        bad flag, env var or endpoint spec (the CLI exits 2)
-    └── DecodeError        a ZMQ message that is not a valid KV-event frame (counted, skipped)
+    ├── DecodeError        a ZMQ message that is not a valid KV-event frame (counted, skipped)
+    └── IndexUnavailable   the index backend cannot answer now (a shared one unreachable: 503)
 
-Library exceptions (msgspec, zmq, kubernetes) are wrapped at the edge that owns the library and
+Library exceptions (msgspec, zmq, kubernetes, redis) are wrapped at the edge that owns the library and
 chained as ``__cause__``, so callers handle kvsync's errors only.
 """
 
@@ -43,3 +44,8 @@ class DecodeError(KvsyncError):
         self.reason = reason
         self.detail = detail
         self.seq = seq
+
+
+class IndexUnavailable(KvsyncError):
+    """The index backend cannot answer or take writes now (Redis unreachable, a failover in
+    progress); the message says why. Lookups answer 503 with it; writes are kept and retried."""

@@ -78,6 +78,9 @@ class Settings:
         default_factory=lambda: MappingProxyType(dict(DEFAULT_MEDIUM_WEIGHTS))
     )
     index_backend: str = DEFAULT_BACKEND
+    redis_url: str | None = None
+    redis_password_file: str | None = None
+    redis_tls_ca_file: str | None = None
     max_contexts: int = _LIMITS.max_contexts
     max_prefixes_per_context: int = _LIMITS.max_keys_per_context
     # The idle-context sweep; capacity eviction happens as events arrive.
@@ -153,7 +156,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("max_query_tokens", int_in(1, 1 << 31), "most token ids in one /v1/match"),
     Option("default_block_size", int_in(1, 1 << 16), "block size answered for unknown models"),
     Option("medium_weights", medium_weights, "score weight per medium ('*' = any other)"),
-    Option("index_backend", choice(*BACKENDS), "where the prefix index lives (memory: in-process)"),
+    Option("index_backend", choice(*BACKENDS),
+           "where the prefix index lives (memory: in-process; redis: shared, --redis-url)"),
+    Option("redis_url", non_empty,
+           "redis backend: redis://host:port of a cluster seed or one node (rediss://: TLS)"),
+    Option("redis_password_file", non_empty, "redis backend: file holding the password"),
+    Option("redis_tls_ca_file", non_empty, "redis backend: CA bundle for a rediss:// URL"),
     Option("max_contexts", int_in(1, 1 << 31), "most (model, LoRA) contexts kept",
            aibrix="AIBRIX_SYNC_MAX_CONTEXTS"),
     Option("max_prefixes_per_context", int_in(1, 1 << 40), "most blocks kept per context",
@@ -258,6 +266,12 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("--endpoint / --endpoints-file need --discovery static")
     if settings.api_token is not None and settings.api_token_file is not None:
         raise ConfigError("give --api-token or --api-token-file, not both")
+    if settings.index_backend == "redis" and settings.redis_url is None:
+        raise ConfigError("--index-backend redis needs --redis-url")
+    if settings.redis_tls_ca_file is not None and not (settings.redis_url or "").startswith(
+        "rediss://"
+    ):
+        raise ConfigError("--redis-tls-ca-file needs a rediss:// --redis-url")
     ids = [e.id for e in settings.endpoint]
     duplicates = sorted({f"{i.pod}#{i.dp_rank}" for i in ids if ids.count(i) > 1})
     if duplicates:

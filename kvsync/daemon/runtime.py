@@ -36,7 +36,7 @@ from kvsync.discovery.static import StaticDiscovery
 from kvsync.errors import ConfigError
 from kvsync.http import schemas, server
 from kvsync.http.app import Api, ApiSettings, create_app
-from kvsync.index.backend import BackendSettings, IndexBackend, open_backend
+from kvsync.index.backend import BackendSettings, IndexBackend, RedisSettings, open_backend
 from kvsync.index.values import Limits
 from kvsync.ingest.manager import SubscriberManager
 from kvsync.ingest.values import IngestSettings, IngestStats, ReplaySettings
@@ -135,6 +135,11 @@ class Daemon:
                 medium_weights=settings.medium_weights,
                 default_block_size=settings.default_block_size,
                 on_lock=metrics.observe_lock,
+                redis=RedisSettings(
+                    url=settings.redis_url,
+                    password_file=settings.redis_password_file,
+                    tls_ca_file=settings.redis_tls_ca_file,
+                ),
             ),
         )
         handler_settings = ReplaySettings(
@@ -182,11 +187,18 @@ class Daemon:
         return ticked < LIVENESS_SECONDS and not self.ingest.failed.is_set()
 
     def ready(self) -> bool:
-        return self.discovery.synced.is_set() and not self.stopping.is_set()
+        return (
+            self.discovery.synced.is_set()
+            and not self.stopping.is_set()
+            and self.index.health() is None
+        )
 
     def not_ready_reason(self) -> str:
         if self.stopping.is_set():
             return "stopping"
+        problem = self.index.health()
+        if problem is not None:
+            return f"index backend: {problem}"
         return "initial discovery not synced"
 
     # -- metrics ------------------------------------------------------------------------
@@ -242,6 +254,7 @@ class Daemon:
             ("discovery", self.discovery.stop),
             ("http", self.http.stop),
             ("ingest", self.ingest.stop),
+            ("index", self.index.close),  # after ingest: its last writes go out
         ):
             started = time.monotonic()
             if not stop(budget_s):

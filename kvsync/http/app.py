@@ -36,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kvsync import metrics
+from kvsync.errors import IndexUnavailable
 from kvsync.http import schemas
 from kvsync.index import keys, values
 from kvsync.index.backend import IndexBackend
@@ -184,7 +185,10 @@ class Api:
             cache_salt=request.cache_salt,
             pods=pods,
         )
-        result = self._reader.match(query, time.time())
+        try:
+            result = self._reader.match(query, time.time())
+        except IndexUnavailable as exc:
+            raise Rejected(503, "unavailable", f"index unavailable: {exc}") from exc
         tokens = len(token_ids)
         matches = []
         for found in result.matches:

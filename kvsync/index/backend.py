@@ -12,7 +12,9 @@ Backends are picked by name (``--index-backend``) from ``BACKENDS``, uvicorn-sty
 names ``module:factory`` and is imported only when picked, so a backend with dependencies of its
 own (a Redis Cluster one, say) is one package under ``kvsync/index/`` plus one entry here, and
 costs nothing to a daemon that does not use it. ``open_backend`` raises ``ConfigError`` for an
-unknown name. Pure: no I/O here (a backend's factory may do its own).
+unknown name. ``match`` raises ``IndexUnavailable`` when the backend cannot answer now; writes
+never raise for that (a shared backend keeps them until it can). Pure: no I/O here (a backend's
+factory may do its own).
 """
 
 import importlib
@@ -39,6 +41,7 @@ LockHook = Callable[[str, float, float], None]  # (side: "ingest" | "http", wait
 DEFAULT_BACKEND: Final = "memory"
 BACKENDS: Final[Mapping[str, str]] = {
     "memory": "kvsync.index.memory.backend:open_memory",
+    "redis": "kvsync.index.redis.backend:open_redis",
 }
 
 
@@ -46,9 +49,21 @@ class IndexBackend(Protocol):
     """A prefix index the daemon's threads share; see the module docstring."""
 
     def apply(
-        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+        self,
+        endpoint: EndpointId,
+        context: EndpointContext,
+        events: Sequence[Event],
+        now: float,
+        seq: int | None = None,
     ) -> ApplyOutcome:
-        """Apply one batch's events of ``endpoint`` in order (``blocks_held`` filled in)."""
+        """Apply one batch's events of ``endpoint`` in order (``blocks_held`` filled in);
+        ``seq`` is the batch's, which a shared backend stores with it (``resume`` reads it)."""
+        ...
+
+    def resume(self, endpoint: EndpointId, ident: str) -> int | None:
+        """Take ``endpoint`` for this writer (``ident``: its incarnation, as discovery tells
+        them apart); the seq of the last batch stored for that same incarnation, whose blocks
+        the backend still holds, or None (nothing kept: the caller starts from seq 0)."""
         ...
 
     def drop_endpoint(self, endpoint: EndpointId) -> int:
@@ -71,6 +86,24 @@ class IndexBackend(Protocol):
         """Sizes and eviction totals."""
         ...
 
+    def health(self) -> str | None:
+        """None while the backend takes writes and answers; else why not (``/readyz``)."""
+        ...
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Write out what is pending and release connections; True if nothing was left."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisSettings:
+    """Where the ``redis`` backend finds its cluster (``--redis-*``)."""
+
+    url: str | None = None  # redis://host:port (a cluster seed or one node); rediss:// is TLS
+    password_file: str | None = None  # the password, read at open (a mounted Secret)
+    tls_ca_file: str | None = None  # CA bundle to verify the server's certificate
+    timeout_s: float = 2.0  # connect and per-command socket timeout
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendSettings:
@@ -80,6 +113,7 @@ class BackendSettings:
     medium_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_MEDIUM_WEIGHTS)
     default_block_size: int = DEFAULT_BLOCK_SIZE
     on_lock: LockHook | None = None  # a backend with a lock reports its wait and hold times
+    redis: RedisSettings = RedisSettings()
 
 
 def open_backend(name: str, settings: BackendSettings) -> IndexBackend:

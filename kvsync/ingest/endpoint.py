@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+import msgspec
 import structlog
 import zmq
 
@@ -39,9 +40,14 @@ class EndpointWriter:
         self.unknown_removed = 0  # (unsent) removals of blocks the endpoint did not hold
 
     def apply(
-        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+        self,
+        endpoint: EndpointId,
+        context: EndpointContext,
+        events: Sequence[Event],
+        now: float,
+        seq: int,
     ) -> ApplyOutcome:
-        result = self._backend.apply(endpoint, context, events, now)
+        result = self._backend.apply(endpoint, context, events, now, seq)
         self.blocks = result.blocks_held
         self.last_event = time.monotonic()
         if result.rejected:
@@ -53,6 +59,16 @@ class EndpointWriter:
         dropped = self._backend.drop_endpoint(endpoint)
         self.blocks = 0
         return dropped
+
+    def resume(self, endpoint: Endpoint) -> int | None:
+        """The seq to continue after, when the backend kept this incarnation's blocks."""
+        ident = msgspec.json.encode(
+            [endpoint.generation, endpoint.model, endpoint.lora_id, endpoint.pub]
+        ).decode()
+        resumed = self._backend.resume(endpoint.id, ident)
+        if resumed is not None:
+            self.blocks = self._backend.blocks_held(endpoint.id)
+        return resumed
 
 
 class Subscription:

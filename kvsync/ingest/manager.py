@@ -181,8 +181,11 @@ class SubscriberManager:
         with self._stats_lock:
             self._subs[endpoint.id] = sub
         sub.log.info("subscribed", pub=endpoint.pub, replay=endpoint.replay, topic=endpoint.topic)
+        resumed = writer.resume(endpoint)
+        if resumed is not None:
+            sub.log.info("resumed", last_seq=resumed, blocks=writer.blocks)
         now = _now()
-        self._after(sub, handler.start(now), now)
+        self._after(sub, handler.start(now, resumed), now)
 
     def _unsubscribe(self, sub: Subscription, event: str) -> None:
         self._close_sockets(sub)

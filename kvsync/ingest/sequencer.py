@@ -76,9 +76,15 @@ class IndexWriter(Protocol[ContextT_contra]):
     it needs (``kvsync.ingest.endpoint.EndpointWriter`` forwards them), so unit tests can record."""
 
     def apply(
-        self, endpoint: EndpointId, context: ContextT_contra, events: Sequence[Event], now: float
+        self,
+        endpoint: EndpointId,
+        context: ContextT_contra,
+        events: Sequence[Event],
+        now: float,
+        seq: int,
     ) -> object:
-        """Apply one batch's events in order; ``now`` is wall-clock seconds (``Instant.wall``)."""
+        """Apply one batch's events in order; ``now`` is wall-clock seconds (``Instant.wall``),
+        ``seq`` the batch's (a shared backend stores it with the blocks: see ``start``)."""
         ...
 
     def drop_endpoint(self, endpoint: EndpointId) -> int:
@@ -163,11 +169,16 @@ class EndpointHandler(Generic[ContextT]):
         )
         return min(replay.idle_deadline, cap)
 
-    def start(self, now: Instant) -> Outcome:
-        """Warm start: ask for the publisher's whole buffer before any live message arrives."""
+    def start(self, now: Instant, resumed: int | None = None) -> Outcome:
+        """Warm start: ask for the publisher's whole buffer before any live message arrives; or,
+        when the index still holds this incarnation's blocks up to seq ``resumed`` (a shared
+        backend, after a restart of this daemon), only for what follows it. A buffer that no
+        longer reaches ``resumed + 1`` is a hole, as any other."""
         out = Outcome()
+        if resumed is not None:
+            self._last = resumed
         if self._can_replay(now):
-            self._request_replay(0, now, out)
+            self._request_replay(0 if resumed is None else resumed + 1, now, out)
         return out
 
     def on_live(self, batch: Batch, now: Instant) -> Outcome:
@@ -361,7 +372,7 @@ class EndpointHandler(Generic[ContextT]):
         (after the events: a stored block the lost removal named must not survive)."""
         events = batch.events
         if events:
-            self._writer.apply(self.endpoint, self.context, events, now.wall)
+            self._writer.apply(self.endpoint, self.context, events, now.wall, batch.seq)
             for event in events:
                 if isinstance(event, BlockStored):
                     out.stored_events += 1

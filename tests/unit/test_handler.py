@@ -49,7 +49,7 @@ class RecordingWriter:
     held: int = 0
 
     def apply(
-        self, endpoint: EndpointId, context: str, events: Sequence[Event], now: float
+        self, endpoint: EndpointId, context: str, events: Sequence[Event], now: float, seq: int
     ) -> None:
         assert endpoint == EP
         self.contexts.append(context)

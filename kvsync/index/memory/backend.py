@@ -29,8 +29,14 @@ class MemoryBackend:
         self._on_lock = on_lock
 
     def apply(
-        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+        self,
+        endpoint: EndpointId,
+        context: EndpointContext,
+        events: Sequence[Event],
+        now: float,
+        seq: int | None = None,
     ) -> ApplyOutcome:
+        del seq  # nothing outlives the process: ``resume`` has nothing to resume from
         index, hook = self.index, self._on_lock
         if hook is None:
             with self.lock:
@@ -72,6 +78,17 @@ class MemoryBackend:
     def stats(self) -> MemoryStats:
         with self.lock:
             return self.index.stats()
+
+    def resume(self, endpoint: EndpointId, ident: str) -> int | None:
+        del endpoint, ident
+        return None
+
+    def health(self) -> str | None:
+        return None
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        del timeout_s
+        return True
 
 
 def open_memory(settings: BackendSettings) -> MemoryBackend:
