@@ -44,6 +44,7 @@ DEFAULT_MEDIUM_WEIGHTS: Final = {
     **values.DEFAULT_MEDIUM_WEIGHTS,
     values.ANY_MEDIUM: values.OTHER_MEDIUM_WEIGHT,
 }
+MAX_SHARDS: Final = 1024
 _LIMITS: Final = values.DEFAULT_LIMITS
 _POD: Final = PodDefaults()
 
@@ -81,6 +82,8 @@ class Settings:
     redis_url: str | None = None
     redis_password_file: str | None = None
     redis_tls_ca_file: str | None = None
+    shard_count: int = 1
+    shard_index: int = 0
     max_contexts: int = _LIMITS.max_contexts
     max_prefixes_per_context: int = _LIMITS.max_keys_per_context
     # The idle-context sweep; capacity eviction happens as events arrive.
@@ -162,6 +165,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "redis backend: redis://host:port of a cluster seed or one node (rediss://: TLS)"),
     Option("redis_password_file", non_empty, "redis backend: file holding the password"),
     Option("redis_tls_ca_file", non_empty, "redis backend: CA bundle for a rediss:// URL"),
+    Option("shard_count", int_in(1, MAX_SHARDS),
+           "replicas sharing the endpoints: each subscribes to its share (rendezvous hashing)"),
+    Option("shard_index", int_in(0, MAX_SHARDS - 1), "this replica's shard, in [0, shard count)"),
     Option("max_contexts", int_in(1, 1 << 31), "most (model, LoRA) contexts kept",
            aibrix="AIBRIX_SYNC_MAX_CONTEXTS"),
     Option("max_prefixes_per_context", int_in(1, 1 << 40), "most blocks kept per context",
@@ -272,6 +278,11 @@ def _check_consistency(settings: Settings) -> None:
         "rediss://"
     ):
         raise ConfigError("--redis-tls-ca-file needs a rediss:// --redis-url")
+    if settings.shard_index >= settings.shard_count:
+        raise ConfigError(
+            f"--shard-index (KVSYNC_SHARD_INDEX) {settings.shard_index} must be below "
+            f"--shard-count (KVSYNC_SHARD_COUNT) {settings.shard_count}: shards count from 0"
+        )
     ids = [e.id for e in settings.endpoint]
     duplicates = sorted({f"{i.pod}#{i.dp_rank}" for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -2,9 +2,10 @@
 
 ``Daemon(settings)`` builds the graph: the index backend (``--index-backend``, opened by name:
 ``kvsync.index.backend``), the ingest thread (``SubscriberManager``), the discovery ``Source``
-(``--discovery``: ``SOURCES``) and the HTTP server. ``start()`` starts them (ingest first, so
-discovery's commands find it running); ``stop(budget)`` stops discovery, HTTP, then ingest, each
-joined within the budget.
+(``--discovery``: ``SOURCES``, through the ``ShardSink`` that keeps this replica's share of the
+endpoints: ``--shard-count`` / ``--shard-index``) and the HTTP server. ``start()`` starts them
+(ingest first, so discovery's commands find it running); ``stop(budget)`` stops discovery, HTTP,
+then ingest, each joined within the budget.
 
 ``run(settings)`` is ``kvsync serve``: it installs the signal handlers and waits. On the first
 SIGTERM or SIGINT ``/readyz`` turns 503, the daemon keeps answering for ``drain_seconds`` (so
@@ -32,6 +33,7 @@ from kvsync import metrics
 from kvsync.daemon.config import Settings
 from kvsync.discovery.base import Sink, Source
 from kvsync.discovery.kubernetes.source import Informer, InformerOptions, api_client
+from kvsync.discovery.shards import Shard, ShardSink
 from kvsync.discovery.static import StaticDiscovery
 from kvsync.errors import ConfigError
 from kvsync.http import schemas, server
@@ -153,7 +155,9 @@ class Daemon:
             ),
             on_lag=metrics.EVENT_LAG.observe,
         )
-        self.discovery: Source = SOURCES[settings.discovery](settings, self.ingest)
+        # Discovery sees every endpoint; ingest gets only this shard's (all of them unsharded).
+        self.shard = ShardSink(self.ingest, Shard(settings.shard_index, settings.shard_count))
+        self.discovery: Source = SOURCES[settings.discovery](settings, self.shard)
         app = create_app(
             Api(
                 reader=self.index,
@@ -161,6 +165,7 @@ class Daemon:
                 event_age=self._event_age,
                 health=self,
                 registry=metrics.registry(self.metrics_snapshot),
+                shard=self.shard_status,
                 settings=ApiSettings(
                     max_body_bytes=settings.max_body_bytes,
                     max_query_tokens=settings.max_query_tokens,
@@ -174,6 +179,12 @@ class Daemon:
             settings.http_port,
             graceful_seconds=settings.stop_timeout_seconds,
             on_crash=lambda _exc: self.http_crashed.set(),
+        )
+
+    def shard_status(self) -> schemas.ShardStatus:
+        shard = self.shard.shard
+        return schemas.ShardStatus(
+            index=shard.index, count=shard.count, skipped_endpoints=self.shard.skipped
         )
 
     def _event_age(self, endpoint: EndpointId) -> float | None:
@@ -221,6 +232,9 @@ class Daemon:
             index_contexts=stats.contexts,
             index_keys=stats.keys,
             evictions=stats.evictions,
+            shard_index=self.settings.shard_index,
+            shard_count=self.settings.shard_count,
+            endpoints_skipped=self.shard.skipped,
         )
 
     # -- lifecycle ----------------------------------------------------------------------

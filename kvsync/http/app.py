@@ -102,9 +102,11 @@ class Api:
         health: Health,
         registry: CollectorRegistry,
         settings: ApiSettings,
+        shard: Callable[[], schemas.ShardStatus] = lambda: schemas.UNSHARDED,
     ) -> None:
         self._reader = reader
         self._pods = pods
+        self._shard = shard
         self._event_age = event_age
         self._health = health
         self._registry = registry
@@ -251,7 +253,7 @@ class Api:
             self._check_token(request.headers.get("authorization", "").encode("latin-1"))
         except Rejected as rejected:
             return _error(rejected.status, rejected.message, {"WWW-Authenticate": "Bearer"})
-        return _ok(schemas.PodsResponse(pods=list(self._pods())))
+        return _ok(schemas.PodsResponse(pods=list(self._pods()), shard=self._shard()))
 
     async def livez(self, _request: Request) -> Response:
         if self._health.live():
