@@ -3,10 +3,10 @@
     KvsyncError
     ├── ConfigError        bad flag, env var or endpoint spec (the CLI exits 2)
     ├── DecodeError        a ZMQ message that is not a valid KV-event frame (counted, skipped)
-    └── IndexUnavailable   the index backend cannot answer now (a shared one unreachable: 503)
+    └── IndexUnavailableError  the index backend cannot answer now (Redis unreachable: 503)
 
-Library exceptions (msgspec, zmq, kubernetes, redis) are wrapped at the edge that owns the library and
-chained as ``__cause__``, so callers handle kvsync's errors only.
+Library exceptions (msgspec, zmq, kubernetes, redis) are wrapped at the edge that owns the
+library and chained as ``__cause__``, so callers handle kvsync's errors only.
 """
 
 import enum
@@ -46,6 +46,6 @@ class DecodeError(KvsyncError):
         self.seq = seq
 
 
-class IndexUnavailable(KvsyncError):
+class IndexUnavailableError(KvsyncError):
     """The index backend cannot answer or take writes now (Redis unreachable, a failover in
     progress); the message says why. Lookups answer 503 with it; writes are kept and retried."""

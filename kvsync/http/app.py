@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kvsync import metrics
-from kvsync.errors import IndexUnavailable
+from kvsync.errors import IndexUnavailableError
 from kvsync.http import schemas
 from kvsync.index import keys, values
 from kvsync.index.backend import IndexBackend
@@ -189,7 +189,7 @@ class Api:
         )
         try:
             result = self._reader.match(query, time.time())
-        except IndexUnavailable as exc:
+        except IndexUnavailableError as exc:
             raise Rejected(503, "unavailable", f"index unavailable: {exc}") from exc
         tokens = len(token_ids)
         matches = []

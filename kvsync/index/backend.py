@@ -12,7 +12,7 @@ Backends are picked by name (``--index-backend``) from ``BACKENDS``, uvicorn-sty
 names ``module:factory`` and is imported only when picked, so a backend with dependencies of its
 own (a Redis Cluster one, say) is one package under ``kvsync/index/`` plus one entry here, and
 costs nothing to a daemon that does not use it. ``open_backend`` raises ``ConfigError`` for an
-unknown name. ``match`` raises ``IndexUnavailable`` when the backend cannot answer now; writes
+unknown name. ``match`` raises ``IndexUnavailableError`` when the backend cannot answer now; writes
 never raise for that (a shared backend keeps them until it can). Pure: no I/O here (a backend's
 factory may do its own).
 """

@@ -19,6 +19,9 @@ event's LoRA name are dropped (the adapter is already the context), so a LoRA bl
 same whichever vLLM release published it; a block with nothing left is a plain block. A query's
 ``cache_salt`` S is the extra keys ``[S]`` of block 0, exactly as vLLM publishes a salted request.
 
+Engine hashes (the engine's own block ids, which only resolve parents and removals per
+endpoint) become uint64 map keys through ``u64``, the same in every backend.
+
 A router's token ids arrive as JSON: ``json_token_ids`` parses the array straight into uint32 (a
 ``memoryview`` of format ``I``, which the walk reads as it is), never one Python int per id.
 
@@ -31,8 +34,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
+import xxhash
 
 from kvsync import _native
+from kvsync.model import EngineHash
 
 ROOT: Final = _native.ROOT  # any fixed value; it only has to be the same everywhere
 
@@ -87,3 +92,18 @@ def json_token_ids(json_array: msgspec.Raw | bytes) -> Sequence[int]:
     """The ids of a JSON array of ints in [0, 2^32) as uint32, without a Python int per id;
     ``ValueError`` for any other JSON value."""
     return memoryview(_native.json_token_ids(json_array)).cast("I")
+
+
+def u64(engine_hash: EngineHash) -> int:
+    """Engine hashes as uint64 map keys: 32-byte hashes (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``)
+    are hashed down to 64 bits; a collision inside one endpoint's cache is ~2^-64 likely."""
+    if isinstance(engine_hash, int):
+        return engine_hash
+    return xxhash.xxh3_64_intdigest(engine_hash)
+
+
+def u64s(engine_hashes: list[EngineHash]) -> list[int]:
+    """``u64`` of each; a decoded list holds one type (a mixed list fails decoding)."""
+    if engine_hashes and type(engine_hashes[0]) is int and type(engine_hashes[-1]) is int:
+        return engine_hashes  # type: ignore[return-value]  # ints: one type per list
+    return [u64(h) for h in engine_hashes]

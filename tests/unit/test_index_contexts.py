@@ -3,7 +3,8 @@
 import msgspec
 
 from kvsync.index import keys
-from kvsync.index.memory.context import PLAIN, Context, u64, u64s
+from kvsync.index.keys import u64, u64s
+from kvsync.index.memory.context import PLAIN, Context
 from kvsync.index.memory.index import PrefixIndex
 from kvsync.index.values import EndpointContext, Limits, Query
 from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash, encode_tokens

@@ -32,30 +32,14 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 import msgspec
-import xxhash
 
 from kvsync import _native
 from kvsync.index import keys
-from kvsync.model import GPU, EngineHash
+from kvsync.model import GPU
 
 Copy = tuple[str, int]  # (medium, group_idx) of one copy of a block on one endpoint
 PLAIN: Final[Copy] = (GPU, 0)
 _BYTES_PER_COPY: Final = 400  # a breakdown dict with its tuples and ints; an estimate only
-
-
-def u64(engine_hash: EngineHash) -> int:
-    """Engine hashes as uint64 map keys: 32-byte hashes (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``)
-    are hashed down to 64 bits; a collision inside one endpoint's cache is ~2^-64 likely."""
-    if isinstance(engine_hash, int):
-        return engine_hash
-    return xxhash.xxh3_64_intdigest(engine_hash)
-
-
-def u64s(engine_hashes: list[EngineHash]) -> list[int]:
-    """``u64`` of each; a decoded list holds one type (a mixed list fails decoding)."""
-    if engine_hashes and type(engine_hashes[0]) is int and type(engine_hashes[-1]) is int:
-        return engine_hashes  # type: ignore[return-value]  # ints: one type per list
-    return [u64(h) for h in engine_hashes]
 
 
 def slots_of(mask: int) -> Iterable[int]:

@@ -36,8 +36,9 @@ from heapq import heappop, heappush
 from typing import Final
 
 from kvsync.index import keys
+from kvsync.index.keys import u64, u64s
 from kvsync.index.memory import lookup
-from kvsync.index.memory.context import PLAIN, Context, Copy, u64, u64s
+from kvsync.index.memory.context import PLAIN, Context, Copy
 from kvsync.index.values import (
     ANY_MEDIUM,
     DEFAULT_BLOCK_SIZE,

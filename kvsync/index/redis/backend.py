@@ -5,7 +5,7 @@ thread against the owned endpoint's in-process state (``shadow``) and returns at
 thread sends what changed, one ``kvsync_apply`` call per endpoint per flush (every batch since
 the last one, merged: atomic with its ``seq``), all endpoints in one pipeline. While Redis is
 unreachable the changes wait (bounded by what the endpoints hold) and are retried with backoff;
-``health()`` says why, ``/readyz`` turns 503, lookups raise ``IndexUnavailable``.
+``health()`` says why, ``/readyz`` turns 503, lookups raise ``IndexUnavailableError``.
 
 Ownership and restarts: ``resume(endpoint, ident)`` claims the endpoint (its generation goes up:
 a previous writer's calls are refused from then on, and it stops writing that endpoint) and, when
@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import structlog
 
-from kvsync.errors import IndexUnavailable
+from kvsync.errors import IndexUnavailableError
 from kvsync.index.backend import BackendSettings
 from kvsync.index.redis import layout
 from kvsync.index.redis.connection import Nodes, open_nodes, unavailable
@@ -139,8 +139,9 @@ class RedisBackend:
             blocks = {e: o.shadow.blocks_held() for e, o in self._owned.items()}
             contexts = sum(len(o.shadow.contexts) for o in self._owned.values())
         total = sum(blocks.values())
-        return IndexStats(endpoints=len(blocks), contexts=contexts, keys=total, entries=total,
-                          blocks=blocks)
+        return IndexStats(
+            endpoints=len(blocks), contexts=contexts, keys=total, entries=total, blocks=blocks
+        )
 
     def resume(self, endpoint: EndpointId, ident: str) -> int | None:
         """Claim ``endpoint`` for this writer; the stored seq when its blocks are this
@@ -153,26 +154,34 @@ class RedisBackend:
         meta = layout.meta_key(tag)
         client = self._nodes.client
         try:
-            gen, seq, ctxs = self._nodes.guarded(lambda: client.fcall("kvsync_claim", 1, meta, ident))
+            gen, seq, ctxs = self._nodes.guarded(
+                lambda: client.fcall("kvsync_claim", 1, meta, ident)
+            )
             shadow = EndpointShadow(self._limits, self._copy_bit)
             owned = Owned(endpoint, shadow, ident, gen=str(gen).encode())
             for context_tag in ctxs.decode().split():
                 context = layout.context_from_tag(context_tag)
                 data = layout.data_key(tag, context_tag)
-                entries = self._nodes.guarded(
-                    lambda data=data: list(client.hscan_iter(data, count=_SCAN_COUNT))
-                )
+                entries = self._read_hash(data)
                 shadow.load(context, (layout.unpack_entry(f, v) for f, v in entries))
-        except IndexUnavailable as exc:
-            log.warning("redis_resume_failed", pod=endpoint.pod, rank=endpoint.dp_rank, error=str(exc))
+        except IndexUnavailableError as exc:
+            log.warning(
+                "redis_resume_failed", pod=endpoint.pod, rank=endpoint.dp_rank, error=str(exc)
+            )
             with self._lock:
-                self._owned[endpoint] = Owned(endpoint, EndpointShadow(self._limits, self._copy_bit), ident)
+                self._owned[endpoint] = Owned(
+                    endpoint, EndpointShadow(self._limits, self._copy_bit), ident
+                )
             return None
         stored = int(seq) if seq else None
         shadow.seq = owned.acked = stored
         with self._lock:
             self._owned[endpoint] = owned
         return stored
+
+    def _read_hash(self, key: str) -> list[tuple[bytes, bytes]]:
+        client = self._nodes.client
+        return self._nodes.guarded(lambda: list(client.hscan_iter(key, count=_SCAN_COUNT)))
 
     def health(self) -> str | None:
         """None when writes and reads go through; else why not."""
@@ -203,7 +212,9 @@ class RedisBackend:
     def _own(self, endpoint: EndpointId) -> Owned:
         owned = self._owned.get(endpoint)
         if owned is None:
-            owned = self._owned[endpoint] = Owned(endpoint, EndpointShadow(self._limits, self._copy_bit))
+            owned = self._owned[endpoint] = Owned(
+                endpoint, EndpointShadow(self._limits, self._copy_bit)
+            )
         return owned
 
     def _copy_bit(self, medium: str, group: int) -> int:
@@ -212,9 +223,11 @@ class RedisBackend:
             field_name = layout.copy_field(medium, group)
             client = self._nodes.client
             # Rare (a copy kind first met) and blocking: the bit must be the same everywhere.
-            bit = int(self._nodes.guarded(
-                lambda: client.fcall("kvsync_copy_bit", 1, layout.COPIES_KEY, field_name)
-            ))
+            bit = int(
+                self._nodes.guarded(
+                    lambda: client.fcall("kvsync_copy_bit", 1, layout.COPIES_KEY, field_name)
+                )
+            )
             self._copy_bits[(medium, group)] = bit
         return bit
 
@@ -234,7 +247,7 @@ class RedisBackend:
                 self._send(work)
                 failures = 0
                 self._error = None
-            except IndexUnavailable as exc:
+            except IndexUnavailableError as exc:
                 failures += 1
                 self._error = str(exc)
                 with self._lock:
@@ -266,7 +279,15 @@ class RedisBackend:
             if owned is None or owned.fenced:
                 continue
             shadow = owned.shadow
-            work.append((owned, shadow.take_pending(), shadow.seq, shadow.blocks_held(), shadow.context_tags()))
+            work.append(
+                (
+                    owned,
+                    shadow.take_pending(),
+                    shadow.seq,
+                    shadow.blocks_held(),
+                    shadow.context_tags(),
+                )
+            )
         self._dirty.clear()
         return work
 
@@ -311,12 +332,12 @@ class RedisBackend:
         failed = None
         position = 0
         for owned, pending, seq, _, _ in work:
-            adds = sum(1 for present in pending.registry.values() if present)
-            dels = len(pending.registry) - adds
-            mine = replies[position : position + adds + 1 + dels]
-            position += adds + 1 + dels
+            n_adds = sum(1 for present in pending.registry.values() if present)
+            n_commands = len(pending.registry) + 1  # registry adds, the apply, registry removals
+            mine = replies[position : position + n_commands]
+            position += n_commands
             errors = [r for r in mine if isinstance(r, Exception)]
-            reply = mine[adds]
+            reply = mine[n_adds]
             if errors:
                 failed = errors[0]
                 with self._lock:
@@ -333,7 +354,9 @@ class RedisBackend:
             owned.acked = seq
         elif status == b"fenced":
             owned.fenced = True
-            log.warning("redis_endpoint_fenced", pod=owned.endpoint.pod, rank=owned.endpoint.dp_rank)
+            log.warning(
+                "redis_endpoint_fenced", pod=owned.endpoint.pod, rank=owned.endpoint.dp_rank
+            )
         elif status == b"behind":
             log.warning(
                 "redis_endpoint_rewritten",

@@ -6,10 +6,11 @@ Kubernetes Secret is mounted) and TLS for ``rediss://`` URLs, and loads the func
 (``kvsync.index.redis.functions``) into every primary whose version differs. ``Nodes`` gives the
 backend what it needs of either: one-key commands and functions routed by key, a pipeline, and
 the node serving a key (lookups send one call per node and read the replies together, so the
-nodes work in parallel). redis-py's errors are wrapped here as ``IndexUnavailable`` with the
+nodes work in parallel). redis-py's errors are wrapped here as ``IndexUnavailableError`` with the
 reason a reader can act on.
 """
 
+import contextlib
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,14 +20,18 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from kvsync.errors import ConfigError, IndexUnavailable
+from kvsync.errors import ConfigError, IndexUnavailableError
 from kvsync.index.backend import RedisSettings
 from kvsync.index.redis.functions import LIBRARY, VERSION
 
 T = TypeVar("T")
 _ERRORS: Final = (RedisError, RedisClusterException)  # the second is not a RedisError
 Client = redis.Redis | RedisCluster
-_NOT_A_CLUSTER: Final = ("cluster mode is not enabled", "cluster support disabled", "unknown command")
+_NOT_A_CLUSTER: Final = (
+    "cluster mode is not enabled",
+    "cluster support disabled",
+    "unknown command",
+)
 
 
 class Nodes:
@@ -53,7 +58,7 @@ class Nodes:
 
     def call_on_each(self, calls: Sequence[tuple[Any, Sequence[object]]]) -> list[Any]:
         """Run one command per (node, args), all sent before any reply is read: the nodes run
-        them at the same time. Replies in order; raises ``IndexUnavailable``."""
+        them at the same time. Replies in order; raises ``IndexUnavailableError``."""
         sent = []
         try:
             for node, args in calls:
@@ -74,10 +79,8 @@ class Nodes:
     def refresh(self) -> None:
         """Re-read the cluster's slot map (after a failover or a moved slot)."""
         if isinstance(self.client, RedisCluster):
-            try:
+            with contextlib.suppress(*_ERRORS):  # still unreachable: the next call says so
                 self.client.nodes_manager.initialize()
-            except _ERRORS:
-                pass  # still unreachable: the next call reports it
 
     def guarded(self, call: Callable[[], T]) -> T:
         try:
@@ -104,13 +107,13 @@ class Nodes:
             yield self.client
 
 
-def unavailable(exc: BaseException) -> IndexUnavailable:
-    return IndexUnavailable(f"redis: {type(exc).__name__}: {exc}")
+def unavailable(exc: BaseException) -> IndexUnavailableError:
+    return IndexUnavailableError(f"redis: {type(exc).__name__}: {exc}")
 
 
 def open_nodes(settings: RedisSettings) -> Nodes:
     """Connect to ``settings.url`` (a cluster seed or a single node); raises ``ConfigError`` for
-    settings that cannot work and ``IndexUnavailable`` when Redis cannot be reached."""
+    settings that cannot work and ``IndexUnavailableError`` when Redis cannot be reached."""
     if not settings.url:
         raise ConfigError("--index-backend redis needs --redis-url")
     options: dict[str, Any] = {

@@ -44,6 +44,7 @@ VALUE_BYTES: Final = 10  # engine hash (8) + copy mask (2)
 Adapter = str | int | None
 ContextKey = tuple[str, Adapter, int]  # (model, adapter, block size), as the memory backend's
 
+
 def endpoint_json(endpoint: EndpointId) -> bytes:
     return msgspec.json.encode([endpoint.pod, endpoint.dp_rank])
 

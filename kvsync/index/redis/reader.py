@@ -6,12 +6,12 @@ computes the query's keys per block size in C (``kvsync.index.keys``), and sends
 ``kvsync_match`` with the keys and the data hashes of the endpoints it holds, all sent before
 any reply is read. Scores, ``by_medium``, the merge over block sizes and the order are the
 memory backend's (``kvsync.index.memory.lookup``): each block counts once in every medium it is
-held in and adds the best weight among them. Raises ``IndexUnavailable`` when Redis cannot
+held in and adds the best weight among them. Raises ``IndexUnavailableError`` when Redis cannot
 answer.
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from kvsync.index import keys
 from kvsync.index.redis import layout
@@ -43,7 +43,9 @@ class Reader:
         adapter: layout.Adapter = query.lora_name if query.lora_name is not None else query.lora_id
         client = self._nodes.client
         registry_key = layout.registry_key(query.model, adapter)
-        registry: dict[bytes, bytes] = self._nodes.guarded(lambda: client.hgetall(registry_key))
+        registry = cast(
+            dict[bytes, bytes], self._nodes.guarded(lambda: client.hgetall(registry_key))
+        )
         by_size: dict[int, list[tuple[str, EndpointId]]] = {}
         for field, value in registry.items():
             block_size, tag = layout.parse_registry_field(field)
@@ -122,6 +124,9 @@ class Reader:
     def _copies_of(self, mask: int) -> list[Copy]:
         bits = [bit for bit in range(layout.MAX_COPY_BITS) if mask >> bit & 1]
         if any(bit not in self._copies for bit in bits):
-            raw = self._nodes.guarded(lambda: self._nodes.client.hgetall(layout.COPIES_KEY))
+            raw = cast(
+                dict[bytes, bytes],
+                self._nodes.guarded(lambda: self._nodes.client.hgetall(layout.COPIES_KEY)),
+            )
             self._copies = {int(bit): layout.parse_copy_field(f) for f, bit in raw.items()}
         return [self._copies[bit] for bit in bits if bit in self._copies]

@@ -24,7 +24,7 @@ from itertools import islice
 from typing import Final
 
 from kvsync.index import keys
-from kvsync.index.memory.context import u64, u64s
+from kvsync.index.keys import u64, u64s
 from kvsync.index.redis.layout import ENGINE_MASK, Adapter, ContextKey, context_tag
 from kvsync.index.values import ApplyOutcome, EndpointContext, Limits
 from kvsync.model import GPU, AllBlocksCleared, BlockRemoved, BlockStored, Event
@@ -99,7 +99,7 @@ class EndpointShadow:
         pending = Pending(rewrite=True)
         for ctx in self.contexts.values():
             pending.clear.add(ctx.tag)
-            pending.writes[ctx.tag] = dict(ctx.held)  # type: ignore[arg-type]  # int values
+            pending.writes[ctx.tag] = dict(ctx.held)
             pending.registry[ctx.tag] = True
         return pending
 
@@ -243,4 +243,3 @@ class EndpointShadow:
             if not ctx.held and not ctx.engine:
                 del self.contexts[ctx.key]
                 self.pending.registry[ctx.tag] = False
-

@@ -1,0 +1,1 @@
+"""The Redis backend (``--index-backend redis``): layout, function library, writer, reader."""
