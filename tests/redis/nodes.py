@@ -216,6 +216,10 @@ class RedisNodes:
             views.add(new[0].port)
         return views.pop() if len(views) == 1 else None
 
+    def kill_node(self, port: int) -> None:
+        """kill -9 one node (any role; the single node too)."""
+        self._script("kill-node", str(port))
+
     def restart_node(self, port: int) -> None:
         """Start a killed node again from its own directory (it rejoins the cluster)."""
         self._script("restart-node", str(port))

@@ -205,6 +205,7 @@ class RedisBackend:
             self._stopping = True
             self._wake.notify_all()
         self._thread.join(timeout_s)
+        self._nodes.close()
         return flushed
 
     # -- ingest thread helpers (under the lock) ----------------------------------------------
@@ -346,12 +347,21 @@ class RedisBackend:
                 continue
             self._settle(owned, reply, seq)
         if failed is not None:
+            nodes.recover(failed)
             raise unavailable(failed)
 
     def _settle(self, owned: Owned, reply: Any, seq: int | None) -> None:
         status = reply[0]
         if status == b"ok":
             owned.acked = seq
+        elif status == b"fenced" and not reply[1]:
+            # No metadata at all: Redis lost the keyspace (restarted empty, or a failover to a
+            # replica that never had it). Claim the endpoint again and write it whole.
+            log.warning("redis_endpoint_lost", pod=owned.endpoint.pod, rank=owned.endpoint.dp_rank)
+            with self._lock:
+                owned.gen = None
+                owned.shadow.pending = owned.shadow.everything().under(owned.shadow.pending)
+                self._dirty.add(owned.endpoint)
         elif status == b"fenced":
             owned.fenced = True
             log.warning(

@@ -70,24 +70,31 @@ class Nodes:
         except _ERRORS as exc:
             for _, conn in sent:
                 conn.disconnect()  # a reply may still be in flight on it
-            self.refresh()
+            self.recover(exc)
             raise unavailable(exc) from exc
         finally:
             for pool, conn in sent:
                 pool.release(conn)
 
-    def refresh(self) -> None:
-        """Re-read the cluster's slot map (after a failover or a moved slot)."""
-        if isinstance(self.client, RedisCluster):
-            with contextlib.suppress(*_ERRORS):  # still unreachable: the next call says so
+    def recover(self, exc: BaseException) -> None:
+        """After a failed call, so the retry can work: re-read the cluster's slot map (a
+        failover, a moved slot) and load the library again where a node lost it (a node
+        restarted empty, a new primary)."""
+        with contextlib.suppress(*_ERRORS):  # still unreachable: the next call says so
+            if isinstance(self.client, RedisCluster):
                 self.client.nodes_manager.initialize()
+            if "function not found" in str(exc).lower():
+                self.load_library()
 
     def guarded(self, call: Callable[[], T]) -> T:
         try:
             return call()
         except _ERRORS as exc:
-            self.refresh()
+            self.recover(exc)
             raise unavailable(exc) from exc
+
+    def close(self) -> None:
+        self.client.close()
 
     def load_library(self) -> None:
         """``FUNCTION LOAD REPLACE`` on every primary whose library is missing or older."""
