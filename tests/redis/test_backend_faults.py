@@ -17,7 +17,7 @@ from kvsync.index.memory.backend import MemoryBackend
 from kvsync.index.redis import layout
 from kvsync.index.redis.backend import RedisBackend
 from kvsync.index.values import EndpointContext, MatchResult, Query
-from kvsync.model import BlockRemoved, BlockStored, EndpointId, Event, encode_tokens
+from kvsync.model import BlockRemoved, BlockStored, EndpointId, EngineHash, Event, encode_tokens
 from tests.redis.nodes import RedisNodes
 
 BS = 4
@@ -44,7 +44,7 @@ def writer(nodes: RedisNodes) -> Iterator[RedisBackend]:
 def chain_events(conv: int, blocks: int, parent: int | None = None) -> BlockStored:
     """``blocks`` blocks of conversation ``conv`` (engine hashes conv * 1000 + position)."""
     first = 0 if parent is None else parent % 1000 + 1
-    hashes = [conv * 1000 + first + i for i in range(blocks)]
+    hashes: list[EngineHash] = [conv * 1000 + first + i for i in range(blocks)]
     ids = [conv * 10_000 + (first + i) * BS + t for i in range(blocks) for t in range(BS)]
     return BlockStored(hashes, parent, encode_tokens(ids), BS)
 
