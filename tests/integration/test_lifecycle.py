@@ -42,7 +42,7 @@ class Daemon:
         self.lines: list[dict[str, Any]] = []
         self.url = ""
 
-    def _read_some(self, timeout: float) -> bool:
+    def read_some(self, timeout: float) -> bool:
         assert self.proc.stdout is not None
         if not self.selector.select(timeout):
             return False
@@ -61,7 +61,7 @@ class Daemon:
             if found is not None:
                 return found
             left = deadline - time.monotonic()
-            if left <= 0 or (not self._read_some(left) and self.proc.poll() is not None):
+            if left <= 0 or (not self.read_some(left) and self.proc.poll() is not None):
                 raise AssertionError(f"no {event!r} log line; got {self.lines}")
 
     def start(self) -> str:
@@ -70,7 +70,7 @@ class Daemon:
 
     def finish(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
-        while self._read_some(0.0):
+        while self.read_some(0.0):
             pass
         return code
 
