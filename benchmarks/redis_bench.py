@@ -125,7 +125,10 @@ def _bench(url: str, blocks: int, n_queries: int) -> dict[str, Any]:
     settings = BackendSettings(redis=RedisSettings(url=url))
     out: dict[str, Any] = {
         "benchmark": "redis_backend",
-        "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "workload": {
             "stored_blocks": work.stored_blocks,
             "removed_blocks": work.removed_blocks,
