@@ -674,3 +674,38 @@ def test_the_overall_replay_cap_grows_with_the_batches_delivered() -> None:
         h.on_replay(1, batch(seq), at(t))
         assert h.replay_deadline == pytest.approx(min(t + 5.0, 5.0 + (seq + 1) * per_batch))
     assert h.on_tick(at(t)) is not None  # the cap ended it
+
+
+# -- resuming from a shared index's stored seq ----------------------------------------------------
+
+
+def test_a_resumed_endpoint_asks_only_for_what_follows_the_stored_seq() -> None:
+    h, w = make()
+    warm = h.start(at(0), resumed=41).replay
+    assert warm == ReplayRequest(start=42, ticket=1)
+    assert h.last_seq == 41
+    replay_all(h, 1, [42, 43])
+    assert (h.state, h.resets, w.log) == (State.LIVE, 0, [42, 43])
+    assert h.on_live(batch(44), at(2)).replay is None
+    assert w.log == [42, 43, 44]
+
+
+def test_a_resumed_endpoint_whose_buffer_moved_on_is_a_hole() -> None:
+    h, w = make()
+    h.start(at(0), resumed=41)
+    out = replay_all(h, 1, [50, 51])  # seqs 42..49 are gone from the publisher's buffer
+    assert out.replays == (ReplayResult.HOLE,)
+    assert w.log == [DROP, 50, 51]
+    assert (h.state, h.resets, h.reset_reasons) == (State.RESET, 1, {"hole": 1})
+
+
+def test_a_resumed_endpoint_without_replay_continues_or_resets_on_the_first_live_seq() -> None:
+    h, w = make(has_replay=False)
+    assert h.start(at(0), resumed=41).replay is None
+    h.on_live(batch(42), at(1))
+    assert (h.state, w.log) == (State.LIVE, [42])
+    h2, w2 = make(has_replay=False)
+    h2.start(at(0), resumed=41)
+    out = h2.on_live(batch(45), at(1))
+    assert out.resets == (ResetReason.GAP,)
+    assert w2.log == [DROP, 45]
