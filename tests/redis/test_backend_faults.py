@@ -132,8 +132,10 @@ def test_writes_lost_by_a_failover_are_written_again(redis_cluster: RedisNodes) 
         client = redis_cluster.client()
         try:
             client.hset(layout.meta_key(tag), "seq", "0")
-            data = layout.data_key(tag, layout.context_tag(("m", None, BS)))
-            client.hdel(data, *list(client.hkeys(data))[:4])
+            context = layout.context_tag(("m", None, BS))
+            lost = list(client.hkeys(layout.data_key(tag, context)))[:4]
+            client.hdel(layout.data_key(tag, context), *lost)
+            client.srem(layout.held_key(tag, context), *lost)
         finally:
             client.close()
         assert answers(first.match(query(1, 8), 0.0)) != answers(pair.truth.match(query(1, 8), 0.0))

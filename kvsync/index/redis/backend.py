@@ -311,9 +311,9 @@ class RedisBackend:
                     removed_registry.append((key, layout.registry_field(bs, tag)))
             data_keys, args = [], []
             for context_tag in sorted(pending.clear | set(pending.writes)):
-                sets, dels = layout.pack_writes(pending.writes.get(context_tag, {}))
+                plain, other, dels = layout.pack_writes(pending.writes.get(context_tag, {}))
                 data_keys.append(layout.data_key(tag, context_tag))
-                args += ["1" if context_tag in pending.clear else "", sets, dels]
+                args += ["1" if context_tag in pending.clear else "", plain, other, dels]
             expected = "*" if pending.rewrite else ("" if owned.acked is None else str(owned.acked))
             pipe.fcall(
                 "kvsync_apply",

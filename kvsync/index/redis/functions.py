@@ -10,38 +10,52 @@ batch and its ``seq`` are in together or not at all.
   generation goes up, so calls of any earlier writer are refused from now on. When ``ident`` (the
   incarnation: the pod's uid and restart count, model, adapter) differs from the stored one, the
   stored blocks belong to another incarnation: they are dropped and ``seq`` is none.
-* ``kvsync_apply(meta, data...; gen, expected, seq, held, ctxs, [clear, sets, dels]...)``:
+* ``kvsync_apply(meta, data...; gen, expected, seq, held, ctxs, [clear, plain, other, dels]...)``:
   a batch (or several of one endpoint, merged). Refused with ``{"fenced", gen}`` when the
   generation moved on, with ``{"behind", seq}`` when the stored ``seq`` is below ``expected``
   (a failover lost writes this writer had made: it rewrites the endpoint from its own state),
   ``expected`` ``*`` skips that check (a rewrite, a drop). Per data hash: ``clear`` ``1`` drops
-  it first, ``sets`` are 18-byte records (key, value), ``dels`` 8-byte keys. Values are final
+  it first, ``plain`` are 16-byte records (key, value of a plain block), ``other`` 18-byte ones
+  (key, value with its copy mask), ``dels`` 8-byte keys (``layout``). Values are final
   states, not increments, so applying a call twice leaves what applying it once does.
 * ``kvsync_copy_bit(copies; field)`` → the copy's bit, allocated on first use.
 * ``kvsync_match(; keys, data...)`` (read-only) → per data hash ``{run, mask, n, ...}``: the
-  leading query blocks it holds and, for the masks other than the plain copy's among them, how
-  many blocks have each. Reads in chunks of 16, 64, 256... blocks: most endpoints stop early.
+  leading query blocks its endpoint holds (``SMISMEMBER`` on the held set, in chunks of 16, 64,
+  256... blocks: most endpoints stop early) and, for the masks other than the plain copy's among
+  them, how many blocks have each (values read only for blocks in the odd set).
 """
 
 from typing import Final
 
 LIBRARY_NAME: Final = "kvsync"
-VERSION: Final = "1"  # bump with any change below: writers check it at open
+VERSION: Final = "3"  # bump with any change below: writers check it at open
 
-LIBRARY: Final = (
-    """#!lua name=kvsync
+LIBRARY: Final = """#!lua name=kvsync
 
 -- Loading a library may not touch Lua's globals (string, unpack, ...): only calls may.
-local BATCH = 4000  -- fields per HSET / HDEL / HMGET call (Lua's C stack takes about 8000)
+local BATCH = 4000  -- arguments per call (Lua's C stack takes about 8000)
 
-local function data_key(meta, ctx)
-  return string.sub(meta, 1, -2) .. 'd:' .. ctx
+-- The keys of one (endpoint, context), from any of them: the data hash (d), the set of the
+-- blocks held (s: what lookups read, integers back, no value to copy) and the set of the blocks
+-- held in a copy other than the plain one (o: what a lookup reads values for).
+local function keys_of(key)
+  local head, ctx = string.match(key, '^(.*):[dso]:([^:]*)$')
+  return head .. ':d:' .. ctx, head .. ':s:' .. ctx, head .. ':o:' .. ctx
+end
+
+local function batched(command, key, list)
+  for i = 1, #list, BATCH do
+    redis.call(command, key, unpack(list, i, math.min(#list, i + BATCH - 1)))
+  end
 end
 
 local function wipe(meta)
   local ctxs = redis.call('HGET', meta, 'ctxs')
   if ctxs then
-    for ctx in string.gmatch(ctxs, '%S+') do redis.call('UNLINK', data_key(meta, ctx)) end
+    local head = string.sub(meta, 1, -2)
+    for ctx in string.gmatch(ctxs, '%S+') do
+      redis.call('UNLINK', keys_of(head .. 'd:' .. ctx))
+    end
   end
 end
 
@@ -57,8 +71,21 @@ local function claim(keys, args)
   return {gen, stored[1], stored[2]}
 end
 
+-- Split a blob of fixed-size records: the keys (first 8 bytes) and the fields for HSET.
+local function records(blob, width)
+  local sub = string.sub
+  local step = 8 + width
+  local members, pairs_ = {}, {}
+  for i = 1, #blob, step do
+    local key = sub(blob, i, i + 7)
+    members[#members + 1] = key
+    pairs_[#pairs_ + 1] = key
+    pairs_[#pairs_ + 1] = sub(blob, i + 8, i + step - 1)
+  end
+  return members, pairs_
+end
+
 local function apply(keys, args)
-  local sub, unpack = string.sub, unpack
   local meta = keys[1]
   local gen = redis.call('HGET', meta, 'gen')
   if gen ~= args[1] then return {'fenced', gen or ''} end
@@ -68,28 +95,28 @@ local function apply(keys, args)
     if stored < expected then return {'behind', tostring(stored)} end
   end
   for k = 2, #keys do
-    local data, base = keys[k], 3 * k
-    if args[base] == '1' then redis.call('UNLINK', data) end
-    local sets = args[base + 1]
-    local i, n = 1, #sets
-    while i <= n do
-      local fields, stop = {}, math.min(n, i + 18 * BATCH / 2 - 1)
-      while i <= stop do
-        fields[#fields + 1] = sub(sets, i, i + 7)
-        fields[#fields + 1] = sub(sets, i + 8, i + 17)
-        i = i + 18
-      end
-      redis.call('HSET', data, unpack(fields))
+    local data, held, odd = keys_of(keys[k])
+    local base = 4 * k - 2
+    if args[base] == '1' then redis.call('UNLINK', data, held, odd) end
+    local has_odd = redis.call('EXISTS', odd) == 1
+    local plain, plain_fields = records(args[base + 1], 8)
+    if #plain > 0 then
+      batched('HSET', data, plain_fields)
+      batched('SADD', held, plain)
+      if has_odd then batched('SREM', odd, plain) end
     end
-    local dels = args[base + 2]
-    i, n = 1, #dels
-    while i <= n do
-      local fields, stop = {}, math.min(n, i + 8 * BATCH - 1)
-      while i <= stop do
-        fields[#fields + 1] = sub(dels, i, i + 7)
-        i = i + 8
-      end
-      redis.call('HDEL', data, unpack(fields))
+    local other, other_fields = records(args[base + 2], 10)
+    if #other > 0 then
+      batched('HSET', data, other_fields)
+      batched('SADD', held, other)
+      batched('SADD', odd, other)
+      has_odd = true
+    end
+    local gone = records(args[base + 3], 0)
+    if #gone > 0 then
+      batched('HDEL', data, gone)
+      batched('SREM', held, gone)
+      if has_odd then batched('SREM', odd, gone) end
     end
   end
   redis.call('HSET', meta, 'seq', args[3], 'held', args[4], 'ctxs', args[5])
@@ -115,33 +142,46 @@ local function match(keys, args)
   local total = #fields
   local out = {}
   for e = 2, #args do
-    local data = args[e]
-    local run, odd = 0, {}
+    local data, held, odd = keys_of(args[e])
+    local run = 0
     local start, size = 1, 16
     while start <= total do
       local stop = math.min(total, start + size - 1)
-      local values = redis.call('HMGET', data, unpack(fields, start, stop))
+      local hits = redis.call('SMISMEMBER', held, unpack(fields, start, stop))
       local whole = true
-      for j = 1, #values do
-        local v = values[j]
-        if not v then whole = false; break end
-        local mask = byte(v, 9) + 256 * byte(v, 10)
-        if mask ~= 1 then odd[mask] = (odd[mask] or 0) + 1 end
+      for j = 1, #hits do
+        if hits[j] == 0 then whole = false; break end
         run = run + 1
       end
       if not whole then break end
       start, size = stop + 1, math.min(size * 4, BATCH)
     end
     local reply = {run}
-    for mask, n in pairs(odd) do reply[#reply + 1] = mask; reply[#reply + 1] = n end
+    if run > 0 and redis.call('SCARD', odd) > 0 then
+      local counts = {}
+      for i = 1, run, BATCH do
+        local last = math.min(run, i + BATCH - 1)
+        local flags = redis.call('SMISMEMBER', odd, unpack(fields, i, last))
+        local named = {}
+        for j = 1, #flags do
+          if flags[j] == 1 then named[#named + 1] = fields[i + j - 1] end
+        end
+        if #named > 0 then
+          local values = redis.call('HMGET', data, unpack(named))
+          for j = 1, #values do
+            local mask = byte(values[j], 9) + 256 * byte(values[j], 10)
+            counts[mask] = (counts[mask] or 0) + 1
+          end
+        end
+      end
+      for mask, n in pairs(counts) do reply[#reply + 1] = mask; reply[#reply + 1] = n end
+    end
     out[#out + 1] = reply
   end
   return out
 end
 
-local function version() return '"""
-    + VERSION
-    + """' end
+local function version() return '""" + VERSION + """' end
 
 redis.register_function('kvsync_claim', claim)
 redis.register_function('kvsync_apply', apply)
@@ -151,4 +191,3 @@ redis.register_function{function_name = 'kvsync_match', callback = match,
 redis.register_function{function_name = 'kvsync_version', callback = version,
                         flags = {'no-writes'}}
 """
-)
