@@ -30,7 +30,8 @@ from typing import Final
 LIBRARY_NAME: Final = "kvsync"
 VERSION: Final = "3"  # bump with any change below: writers check it at open
 
-LIBRARY: Final = """#!lua name=kvsync
+LIBRARY: Final = (
+    """#!lua name=kvsync
 
 -- Loading a library may not touch Lua's globals (string, unpack, ...): only calls may.
 local BATCH = 4000  -- arguments per call (Lua's C stack takes about 8000)
@@ -181,7 +182,9 @@ local function match(keys, args)
   return out
 end
 
-local function version() return '""" + VERSION + """' end
+local function version() return '"""
+    + VERSION
+    + """' end
 
 redis.register_function('kvsync_claim', claim)
 redis.register_function('kvsync_apply', apply)
@@ -191,3 +194,4 @@ redis.register_function{function_name = 'kvsync_match', callback = match,
 redis.register_function{function_name = 'kvsync_version', callback = version,
                         flags = {'no-writes'}}
 """
+)
