@@ -55,7 +55,9 @@ EXIT_CRASHED: Final = 1
 
 
 def _static_source(settings: Settings, sink: Sink) -> Source:
-    source = StaticDiscovery(sink, settings.endpoint, settings.endpoints_file)
+    source = StaticDiscovery(
+        sink, settings.endpoint, settings.endpoints_file, engine_port=settings.engine_port
+    )
     source.load_initial()  # a bad endpoints file fails start-up (ConfigError: exit 2)
     return source
 
