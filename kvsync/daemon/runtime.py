@@ -99,6 +99,7 @@ def pod_rows(stats: IngestStats, now: float) -> list[schemas.PodStatus]:
                 decode_errors=found.decode_errors,
                 duplicates=found.duplicates,
                 reset_reasons=dict(found.reset_reasons),
+                engine=endpoint.engine,
             )
         )
     rows.sort(key=lambda row: (row.pod, row.dp_rank))

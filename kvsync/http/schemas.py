@@ -80,6 +80,7 @@ class PodStatus(msgspec.Struct, frozen=True):
     decode_errors: int
     duplicates: int  # live copies of batches a replay had already applied, skipped
     reset_reasons: dict[str, int]  # resets by reason (restart, hole, lost_removal, ...)
+    engine: str | None = None  # http://host:port of the pod's vLLM HTTP server, if known
 
 
 class PodsResponse(msgspec.Struct, frozen=True):
