@@ -75,6 +75,9 @@ class Settings:
     api_token_file: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     max_query_tokens: int = 1_000_000
+    tokenize_timeout_seconds: float = 2.0
+    tokenize_cache_entries: int = 4096
+    hint_ttl_seconds: float = 2.0
     default_block_size: int = values.DEFAULT_BLOCK_SIZE
     medium_weights: Mapping[str, float] = field(
         default_factory=lambda: MappingProxyType(dict(DEFAULT_MEDIUM_WEIGHTS))
@@ -156,6 +159,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("api_token_file", non_empty, "file holding the bearer token for /v1/*"),
     Option("max_body_bytes", int_in(1, 1 << 31), "largest /v1/match request body"),
     Option("max_query_tokens", int_in(1, 1 << 31), "most token ids in one /v1/match"),
+    Option("tokenize_timeout_seconds", seconds(allow_zero=False),
+           "budget to tokenize a prompt through a pod's engine (every attempt)"),
+    Option("tokenize_cache_entries", int_in(0, 1 << 24),
+           "prompts whose tokens are kept (LRU; 0: no cache)"),
+    Option("hint_ttl_seconds", seconds(allow_zero=False),
+           "how long a hint (POST /v1/hint) stays speculative unless the request sets ttl_s"),
     Option("default_block_size", int_in(1, 1 << 16), "block size answered for unknown models"),
     Option("medium_weights", medium_weights, "score weight per medium ('*' = any other)"),
     Option("index_backend", choice(*BACKENDS), "where the prefix index lives (memory: in-process)"),

@@ -21,9 +21,9 @@ Raises nothing to its callers: every request gets an answer.
 import asyncio
 import hmac
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -37,8 +37,14 @@ from starlette.types import Message, Receive, Scope, Send
 
 from kvsync import metrics
 from kvsync.http import schemas
+from kvsync.http.dynamo import DynamoApi, DynamoRejected
+from kvsync.http.explain import RemovalSeq, explain_response
+from kvsync.http.hints import DEFAULT_TTL_S, MAX_TTL_S, HintContext, HintIndex
+from kvsync.http.tokenize import Tokenized, TokenizeError, Tokenizer
+from kvsync.http.views import EndpointView
 from kvsync.index import keys, values
 from kvsync.index.backend import IndexBackend
+from kvsync.index.explain import Explaining
 from kvsync.model import EndpointId
 
 log = structlog.get_logger()
@@ -48,8 +54,11 @@ _JSON_HEADERS: Final = [(b"content-type", JSON.encode())]
 _AUTH_CHALLENGE: Final = [(b"www-authenticate", b"Bearer")]
 _DECODE: Final = msgspec.json.Decoder(schemas.MatchRequest)
 _DECODE_WIRE: Final = msgspec.json.Decoder(schemas.MatchRequestWire)
+_DECODE_HINT: Final = msgspec.json.Decoder(schemas.HintRequest)
 _ENCODE: Final = msgspec.json.Encoder()
 _MATCH_OK: Final = metrics.MATCH_REQUESTS.labels(result="ok")
+_QUERY_OK: Final = metrics.API_REQUESTS.labels(route="query", result="ok")
+T = TypeVar("T")
 
 
 class Rejected(Exception):  # noqa: N818  # control flow inside the handler: an answer, not a fault
@@ -78,6 +87,7 @@ class ApiSettings:
     max_query_tokens: int
     api_token: str | None = None
     body_timeout_s: float = 30.0
+    hint_ttl_s: float = DEFAULT_TTL_S
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -87,6 +97,19 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def _ok(value: msgspec.Struct) -> Response:
     return Response(_ENCODE.encode(value), media_type=JSON)
+
+
+def _ok_list(values: Sequence[msgspec.Struct]) -> Response:
+    return Response(_ENCODE.encode(values), media_type=JSON)
+
+
+def _strict_decode(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Rejected(422, "bad_shape", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Rejected(400, "bad_json", f"malformed JSON: {exc}") from None
 
 
 class Api:
@@ -101,8 +124,18 @@ class Api:
         health: Health,
         registry: CollectorRegistry,
         settings: ApiSettings,
+        endpoints: Callable[[], Sequence[EndpointView]] = tuple,
+        tokenizer: Tokenizer | None = None,
+        hints: HintIndex | None = None,
+        dynamo: DynamoApi | None = None,
+        removal_seq: RemovalSeq = lambda _endpoint, _at: None,
     ) -> None:
+        self.dynamo = dynamo
+        self._removal_seq = removal_seq
         self._reader = reader
+        self._endpoints = endpoints
+        self._tokenizer = tokenizer
+        self.hints = hints if hints is not None else HintIndex()
         self._pods = pods
         self._event_age = event_age
         self._health = health
@@ -150,19 +183,49 @@ class Api:
             raise Rejected(400, "empty_body", "empty body")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _decode(self, body: bytes) -> tuple[schemas.MatchRequestWire, Sequence[int]]:
-        """The request and its token ids. Fast: token ids parsed in C; any failure decodes the
-        body again the strict way, for msgspec's exact error (400 or 422)."""
+    def _decode(self, body: bytes) -> tuple[schemas.MatchRequestWire, Sequence[int] | None]:
+        """The request and its token ids (None: a prompt or messages to tokenize). Fast: token
+        ids parsed in C; any failure decodes the body again the strict way, for msgspec's exact
+        error (400 or 422)."""
         try:
             request = _DECODE_WIRE.decode(body)
-            token_ids = keys.json_token_ids(request.token_ids)
+            raw = request.token_ids
+            if not raw:  # absent: the request has a prompt or messages instead
+                _check_prompt(request)
+                return request, None
+            token_ids: Sequence[int] | None = keys.json_token_ids(raw)
         except (msgspec.DecodeError, ValueError):
             token_ids = self._strict(body).token_ids  # raises; accepted: the parsers differ
             request = _DECODE_WIRE.decode(body)
+        if request.prompt is not None or request.messages is not None:
+            raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
+        return request, self._limited(token_ids or ())
+
+    def _limited(self, token_ids: Sequence[int]) -> Sequence[int]:
         limit = self._settings.max_query_tokens
         if len(token_ids) > limit:
             raise Rejected(413, "too_many_tokens", f"more than {limit} token ids")
-        return request, token_ids
+        return token_ids
+
+    async def _tokenize(self, request: schemas.MatchRequest) -> Tokenized:
+        """A prompt's or chat's tokens from a pod of the model (``kvsync.http.tokenize``)."""
+        if self._tokenizer is None:
+            raise Rejected(503, "no_engine", "this server tokenizes no prompts: send token_ids")
+        payload: dict[str, object] = {"model": request.model}
+        if request.prompt is not None:
+            payload["prompt"] = request.prompt
+        else:
+            payload["messages"] = request.messages
+            payload["add_generation_prompt"] = request.add_generation_prompt
+            payload["continue_final_message"] = request.continue_final_message
+        if request.add_special_tokens is not None:
+            payload["add_special_tokens"] = request.add_special_tokens
+        try:
+            tokenized = await self._tokenizer.tokenize(request.model, _ENCODE.encode(payload))
+        except TokenizeError as exc:
+            raise Rejected(exc.status, exc.result, exc.message) from None
+        self._limited(tokenized.tokens)
+        return tokenized
 
     def _strict(self, body: bytes) -> schemas.MatchRequest:
         try:
@@ -172,19 +235,42 @@ class Api:
         except msgspec.DecodeError as exc:
             raise Rejected(400, "bad_json", f"malformed JSON: {exc}") from None
 
-    def _answer(
-        self, request: schemas.MatchRequestWire, token_ids: Sequence[int]
-    ) -> schemas.MatchResponse:
+    def _query(
+        self, request: schemas.MatchRequest, token_ids: Sequence[int], tokenized: Tokenized | None
+    ) -> values.Query:
         pods = None if request.pods is None else frozenset(request.pods)
-        query = values.Query(
-            model=request.model,
+        model, lora_name = request.model, request.lora_name
+        if tokenized is not None:  # the pod's model; the request's model may be an adapter
+            model, lora_name = tokenized.model, lora_name or tokenized.lora_name
+        return values.Query(
+            model=model,
             token_ids=token_ids,
-            lora_name=request.lora_name,
+            lora_name=lora_name,
             lora_id=request.lora_id,
             cache_salt=request.cache_salt,
             pods=pods,
         )
+
+    def _speculative(
+        self, query: values.Query, result: values.MatchResult
+    ) -> dict[EndpointId, int]:
+        """Hinted blocks after each endpoint's matched ones (none: no hint in this context)."""
+        context = _hint_context(query, result.block_size)
+        if context not in self.hints.contexts():
+            return {}
+        block_keys = keys.query_keys(query.token_ids, result.block_size, query.cache_salt)
+        matched = {m.endpoint: m.matched_blocks for m in result.matches}
+        found = self.hints.speculative(context, block_keys, matched)
+        if query.pods is not None:
+            found = {e: n for e, n in found.items() if e.pod in query.pods}
+        return found
+
+    def _answer(
+        self, request: schemas.MatchRequest, token_ids: Sequence[int], tokenized: Tokenized | None
+    ) -> schemas.MatchResponse:
+        query = self._query(request, token_ids, tokenized)
         result = self._reader.match(query, time.time())
+        speculative = self._speculative(query, result) if len(self.hints) else {}
         tokens = len(token_ids)
         matches = []
         for found in result.matches:
@@ -200,14 +286,31 @@ class Api:
                     score=found.score,
                     by_medium=dict(found.by_medium),
                     last_event_age_s=self._event_age(found.endpoint),
+                    speculative_blocks=speculative.pop(found.endpoint, 0),
+                )
+            )
+        for endpoint, blocks in sorted(speculative.items()):  # hinted, nothing matched yet
+            matches.append(
+                schemas.EndpointMatch(
+                    pod=endpoint.pod,
+                    dp_rank=endpoint.dp_rank,
+                    matched_blocks=0,
+                    matched_tokens=0,
+                    percent=0,
+                    score=0.0,
+                    by_medium={},
+                    last_event_age_s=self._event_age(endpoint),
+                    speculative_blocks=blocks,
                 )
             )
         return schemas.MatchResponse(
             model=request.model,
-            lora_name=request.lora_name,
+            lora_name=query.lora_name,
             block_size=result.block_size,
             query_blocks=result.query_blocks,
             matches=matches,
+            token_count=tokens,
+            tokenized=None if tokenized is None else _tokenized_by(tokenized),
         )
 
     async def match_raw(
@@ -221,7 +324,12 @@ class Api:
             if body is None:
                 return None
             started = time.perf_counter()
-            answer = _ENCODE.encode(self._answer(*self._decode(body)))
+            request, token_ids = self._decode(body)
+            tokenized = None
+            if token_ids is None:
+                tokenized = await self._tokenize(request)
+                token_ids = tokenized.tokens
+            answer = _ENCODE.encode(self._answer(request, token_ids, tokenized))
         except Rejected as rejected:
             metrics.MATCH_REQUESTS.labels(result=rejected.result).inc()
             error = _ENCODE.encode(schemas.ErrorResponse(error=rejected.message))
@@ -249,6 +357,163 @@ class Api:
             return _error(rejected.status, rejected.message, {"WWW-Authenticate": "Bearer"})
         return _ok(schemas.PodsResponse(pods=list(self._pods())))
 
+    async def _json_route(
+        self,
+        request: Request,
+        route: str,
+        handle: Callable[[bytes], Awaitable[tuple[int, bytes]]],
+        *,
+        secured: bool = True,
+    ) -> Response:
+        """A JSON POST route: token, body within the limits, ``handle``; rejections counted."""
+        headers = dict(request.scope["headers"])
+        try:
+            if secured:
+                self._check_token(headers.get(b"authorization"))
+            body = await self._body(headers, request.receive)
+            if body is None:
+                return Response(status_code=400)  # the client is gone: never sent
+            status, payload = await handle(body)
+        except (Rejected, DynamoRejected) as rejected:
+            metrics.API_REQUESTS.labels(route=route, result=rejected.result).inc()
+            extra = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None
+            return _error(rejected.status, rejected.message, extra)
+        metrics.API_REQUESTS.labels(route=route, result="ok").inc()
+        return Response(payload, status_code=status, media_type=JSON)
+
+    async def _tokens(
+        self, request: schemas.MatchRequest
+    ) -> tuple[Sequence[int], Tokenized | None]:
+        """The request's token ids, tokenizing a prompt or messages (for hint and explain)."""
+        if request.token_ids is not None:
+            if request.prompt is not None or request.messages is not None:
+                raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
+            return self._limited(request.token_ids), None
+        _check_prompt(request)
+        tokenized = await self._tokenize(request)
+        return tokenized.tokens, tokenized
+
+    async def hint(self, request: Request) -> Response:
+        """``POST /v1/hint``: the request's blocks are on their way to ``pod`` (speculative)."""
+
+        async def handle(body: bytes) -> tuple[int, bytes]:
+            hint = _strict_decode(_DECODE_HINT, body)
+            ttl = self._settings.hint_ttl_s if hint.ttl_s is None else hint.ttl_s
+            if ttl > MAX_TTL_S:
+                raise Rejected(422, "bad_shape", f"ttl_s over the limit of {MAX_TTL_S} s")
+            endpoint = EndpointId(hint.pod, hint.dp_rank)
+            if endpoint not in {view.id for view in self._endpoints()}:
+                raise Rejected(
+                    404, "unknown_pod", f"{hint.pod} rank {hint.dp_rank} is not subscribed"
+                )
+            token_ids, tokenized = await self._tokens(hint)
+            query = self._query(hint, token_ids, tokenized)
+            result = self._reader.match(query, time.time())
+            matched = next((m.matched_blocks for m in result.matches if m.endpoint == endpoint), 0)
+            block_keys = keys.query_keys(token_ids, result.block_size, query.cache_salt)
+            hinted = block_keys[matched:]
+            if hinted:
+                self.hints.add(_hint_context(query, result.block_size), endpoint, hinted, ttl)
+            answer = schemas.HintResponse(
+                pod=hint.pod,
+                dp_rank=hint.dp_rank,
+                block_size=result.block_size,
+                hinted_blocks=len(hinted),
+                matched_blocks=matched,
+                ttl_s=ttl,
+                token_count=len(token_ids),
+            )
+            return 200, _ENCODE.encode(answer)
+
+        return await self._json_route(request, "hint", handle)
+
+    async def explain(self, request: Request) -> Response:
+        """``POST /v1/explain``: the match, and why each endpoint's run stops where it does."""
+
+        async def handle(body: bytes) -> tuple[int, bytes]:
+            reader = self._reader
+            if not isinstance(reader, Explaining):
+                raise Rejected(501, "not_implemented", "this index backend cannot explain")
+            asked = _strict_decode(_DECODE, body)
+            token_ids, tokenized = await self._tokens(asked)
+            query = self._query(asked, token_ids, tokenized)
+            explanation = reader.explain(query, time.time())
+            matched = {run.endpoint: run.matched_blocks for run in explanation.runs}
+            speculative: dict[EndpointId, int] = {}
+            if len(self.hints):
+                context = _hint_context(query, explanation.block_size)
+                block_keys = keys.query_keys(token_ids, explanation.block_size, query.cache_salt)
+                speculative = self.hints.speculative(context, block_keys, matched)
+            answer = explain_response(
+                explanation,
+                model=asked.model,
+                index_model=query.model,
+                lora_name=query.lora_name,
+                token_count=len(token_ids),
+                views=self._endpoints(),
+                removal_seq=self._removal_seq,
+                speculative=speculative,
+                ages=self._event_age,
+                pods=query.pods,
+                tokenized=None if tokenized is None else _tokenized_by(tokenized),
+            )
+            return 200, _ENCODE.encode(answer)
+
+        return await self._json_route(request, "explain", handle)
+
+    def _dynamo_api(self) -> DynamoApi:
+        if self.dynamo is None:
+            raise Rejected(404, "not_found", "the Dynamo-compatible API is not enabled")
+        return self.dynamo
+
+    async def dynamo_query(self, request: Request) -> Response:
+        async def handle(body: bytes) -> tuple[int, bytes]:
+            return 200, self._dynamo_api().query(body, time.time())
+
+        return await self._json_route(request, "query", handle)
+
+    async def dynamo_query_raw(
+        self, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """``POST /query`` from ASGI parts (the lookup path of Dynamo's routers, as match_raw)."""
+        try:
+            self._check_token(headers.get(b"authorization"))
+            body = await self._body(headers, receive)
+            if body is None:
+                return None
+            answer = self._dynamo_api().query(body, time.time())
+        except (Rejected, DynamoRejected) as rejected:
+            metrics.API_REQUESTS.labels(route="query", result=rejected.result).inc()
+            error = _ENCODE.encode(schemas.ErrorResponse(error=rejected.message))
+            return rejected.status, error, _AUTH_CHALLENGE if rejected.status == 401 else []
+        _QUERY_OK.inc()
+        return 200, answer, []
+
+    async def dynamo_register(self, request: Request) -> Response:
+        async def handle(body: bytes) -> tuple[int, bytes]:
+            return 201, _ENCODE.encode(self._dynamo_api().register(body))
+
+        return await self._json_route(request, "register", handle)
+
+    async def dynamo_unregister(self, request: Request) -> Response:
+        async def handle(body: bytes) -> tuple[int, bytes]:
+            return 200, _ENCODE.encode(self._dynamo_api().unregister(body))
+
+        return await self._json_route(request, "unregister", handle)
+
+    async def dynamo_workers(self, request: Request) -> Response:
+        try:
+            self._check_token(request.headers.get("authorization", "").encode("latin-1"))
+            workers = self._dynamo_api().workers()
+        except Rejected as rejected:
+            extra = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None
+            return _error(rejected.status, rejected.message, extra)
+        return _ok_list(workers)
+
+    async def health(self, _request: Request) -> Response:
+        """Dynamo's liveness route: 200 while the server answers."""
+        return _ok(schemas.StatusResponse(status="ok"))
+
     async def livez(self, _request: Request) -> Response:
         if self._health.live():
             return _ok(schemas.StatusResponse(status="ok"))
@@ -266,6 +531,33 @@ class Api:
         return Response(self._openapi, media_type=JSON)
 
 
+def _check_prompt(request: schemas.MatchRequest) -> None:
+    """A request without token ids: exactly one of prompt and messages, well formed (422)."""
+    if (request.prompt is None) == (request.messages is None):
+        raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
+    if request.messages is not None:
+        if not request.messages:
+            raise Rejected(422, "bad_shape", "messages is empty")
+        for position, message in enumerate(request.messages):
+            if not isinstance(message.get("role"), str):
+                raise Rejected(422, "bad_shape", f"messages[{position}] has no string role")
+        if request.add_generation_prompt and request.continue_final_message:
+            raise Rejected(
+                422,
+                "bad_shape",
+                "add_generation_prompt and continue_final_message exclude each other",
+            )
+
+
+def _hint_context(query: values.Query, block_size: int) -> HintContext:
+    adapter = query.lora_name if query.lora_name is not None else query.lora_id
+    return (query.model, adapter, block_size)
+
+
+def _tokenized_by(tokenized: Tokenized) -> schemas.TokenizedBy:
+    return schemas.TokenizedBy(pod=tokenized.pod, cached=tokenized.cached)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """404 and 405 from the router, in the API's error shape."""
     assert isinstance(exc, HTTPException)  # noqa: S101  # registered for HTTPException only
@@ -277,16 +569,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
+_RAW: Final = frozenset({"/v1/match", "/query"})
+
+
 class App:
-    """The ASGI application: ``POST /v1/match`` answered here, everything else by Starlette."""
+    """The ASGI application: ``POST /v1/match`` and ``POST /query`` (the lookups) answered here,
+    everything else by Starlette."""
 
     def __init__(self, api: Api, fallback: Starlette) -> None:
         self._api = api
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/v1/match" and scope["method"] == "POST":
-            answer = await self._api.match_raw(dict(scope["headers"]), receive)
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _RAW:
+            if scope["path"] == "/v1/match":
+                answer = await self._api.match_raw(dict(scope["headers"]), receive)
+            else:
+                answer = await self._api.dynamo_query_raw(dict(scope["headers"]), receive)
             if answer is None:
                 return
             status, body, extra = answer
@@ -303,6 +602,13 @@ def create_app(api: Api) -> App:
     routes = [
         Route("/v1/match", api.match, methods=["POST"]),
         Route("/v1/pods", api.pods, methods=["GET"]),
+        Route("/v1/hint", api.hint, methods=["POST"]),
+        Route("/v1/explain", api.explain, methods=["POST"]),
+        Route("/query", api.dynamo_query, methods=["POST"]),
+        Route("/register", api.dynamo_register, methods=["POST"]),
+        Route("/unregister", api.dynamo_unregister, methods=["POST"]),
+        Route("/workers", api.dynamo_workers, methods=["GET"]),
+        Route("/health", api.health, methods=["GET"]),
         Route("/livez", api.livez, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),

@@ -76,9 +76,15 @@ class IndexWriter(Protocol[ContextT_contra]):
     it needs (``kvsync.ingest.endpoint.EndpointWriter`` forwards them), so unit tests can record."""
 
     def apply(
-        self, endpoint: EndpointId, context: ContextT_contra, events: Sequence[Event], now: float
+        self,
+        endpoint: EndpointId,
+        context: ContextT_contra,
+        events: Sequence[Event],
+        now: float,
+        seq: int | None = None,
     ) -> object:
-        """Apply one batch's events in order; ``now`` is wall-clock seconds (``Instant.wall``)."""
+        """Apply one batch's events in order; ``now`` is wall-clock seconds (``Instant.wall``),
+        ``seq`` the batch's sequence number (what explain names a removal by)."""
         ...
 
     def drop_endpoint(self, endpoint: EndpointId) -> int:
@@ -361,7 +367,7 @@ class EndpointHandler(Generic[ContextT]):
         (after the events: a stored block the lost removal named must not survive)."""
         events = batch.events
         if events:
-            self._writer.apply(self.endpoint, self.context, events, now.wall)
+            self._writer.apply(self.endpoint, self.context, events, now.wall, batch.seq)
             for event in events:
                 if isinstance(event, BlockStored):
                     out.stored_events += 1
