@@ -21,7 +21,9 @@ of the pod's LoRA adapters (they share the base tokenizer); any other is a 404. 
 OpenAI error shape vLLM answers with: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
+import contextlib
 import http.server
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +122,7 @@ class EngineHttpServer:
         self.max_model_len = max_model_len
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()  # live connections: close() ends them too
         self._routes: dict[tuple[str, str], Handler] = {("POST", "/tokenize"): self.tokenize}
         try:
             self._server = http.server.ThreadingHTTPServer((host, port), self._handler_class())
@@ -189,6 +192,16 @@ class EngineHttpServer:
         class _Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's uvicorn
 
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._open.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._open.discard(self.connection)
+                super().finish()
+
             def _serve(self) -> None:
                 path, _, query = self.path.partition("?")
                 length = self.headers.get("content-length", "0")
@@ -226,11 +239,17 @@ class EngineHttpServer:
         return _Handler
 
     def close(self) -> None:
-        """Stop accepting, close the listening socket, join the thread. Idempotent."""
+        """Stop accepting, end open connections (a pod that went away), close the listening
+        socket, join the thread. Idempotent."""
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join()
         self._server.server_close()
+        with self._lock:
+            connections, self._open = list(self._open), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> "EngineHttpServer":
         return self
