@@ -213,7 +213,9 @@ class DynamoApi:
 
 
 def _listener_status(state: str) -> str:
-    return "active" if state in ("live", "reset") else "pending"
+    """Dynamo's listener status: ``pending`` while kvsync replays what it missed (not yet
+    answering for it), else ``active`` (subscribed: ``connecting`` is an idle publisher)."""
+    return "pending" if state == "replaying" else "active"
 
 
 def _mooncake(result: values.MatchResult, tenant: str) -> dict[str, dict[str, dict[str, object]]]:

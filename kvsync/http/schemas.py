@@ -239,7 +239,7 @@ class DynamoWorker(msgspec.Struct, frozen=True):
     model_name: str
 
 
-class DynamoStatus(msgspec.Struct, frozen=True):
+class DynamoStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     status: str
     instance_id: InstanceId | None = None
     removed_instances: list[str] | None = None
