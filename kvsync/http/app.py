@@ -1,14 +1,22 @@
 """The HTTP API (Starlette app) and the thread that serves it (uvicorn). I/O edge.
 
-Routes: ``POST /v1/match``, ``GET /v1/pods`` (both behind the optional bearer token),
-``GET /livez``, ``GET /readyz``, ``GET /metrics``, ``GET /openapi.json``. Contract:
-docs/architecture.md and the design's §5. Every rejection is ``{"error": "<message>"}`` with a 4xx
-status and is counted in ``kvsync_match_requests_total{result}``; bad input never yields a 5xx.
+Routes: ``POST /v1/match`` (token ids, a prompt or chat messages), ``POST /v1/hint``,
+``POST /v1/explain``, ``GET /v1/pods``, the Dynamo / Mooncake routes (``POST /query``,
+``/register``, ``/unregister``, ``GET /workers``: ``kvsync.http.dynamo``), all behind the
+optional bearer token; ``GET /health``, ``/livez``, ``/readyz``, ``/metrics``,
+``/openapi.json``. Contract: docs/architecture.md and the design's §5. Every rejection is
+``{"error": "<message>"}`` with its status, counted in ``kvsync_match_requests_total{result}``
+(``/v1/match``) or ``kvsync_api_requests_total{route,result}``; bad input is a 4xx. A 5xx means
+a prompt could not be tokenized (502 engine error, 503 no engine, 504 timeout:
+``kvsync.http.tokenize``) or explain is not available (501).
 
-``POST /v1/match``, the route routers call on every request, is answered by ``App`` straight from
-the ASGI messages: no Starlette request, router or response objects on the hot path (they cost
-more than the lookup itself for short prompts). Every other path, and a wrong method on
-``/v1/match``, goes through the Starlette app. Both paths run the same checks in the same order.
+``POST /v1/match`` and ``POST /query``, the routes routers call on every request, are answered
+by ``App`` straight from the ASGI messages: no Starlette request, router or response objects on
+the hot path (they cost more than the lookup itself for short prompts). A request with token ids
+never awaits anything after its body; a prompt awaits its tokens (the cache, else the engine).
+Every other path, and a wrong method, goes through the Starlette app. Both paths run the same
+checks in the same order. Hints (``kvsync.http.hints``) add ``speculative_blocks`` to an answer
+only when the side index holds some for the query's context.
 
 Threads: ``kvsync.http.server`` runs this app on uvicorn's own thread (one asyncio loop).
 Handlers are ``async def`` and block only inside the index backend's ``match`` (one call per
@@ -18,12 +26,10 @@ lookup; the in-memory backend takes its lock there, and reports the wait and hol
 Raises nothing to its callers: every request gets an answer.
 """
 
-import asyncio
-import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol
 
 import msgspec
 import structlog
@@ -40,6 +46,15 @@ from kvsync.http import schemas
 from kvsync.http.dynamo import DynamoApi, DynamoRejected
 from kvsync.http.explain import RemovalSeq, explain_response
 from kvsync.http.hints import DEFAULT_TTL_S, MAX_TTL_S, HintContext, HintIndex
+from kvsync.http.intake import (
+    JSON,
+    Rejected,
+    check_prompt,
+    check_token,
+    read_body,
+    strict_decode,
+    tokenize_body,
+)
 from kvsync.http.tokenize import Tokenized, TokenizeError, Tokenizer
 from kvsync.http.views import EndpointView
 from kvsync.index import keys, values
@@ -49,7 +64,6 @@ from kvsync.model import EndpointId
 
 log = structlog.get_logger()
 
-JSON: Final = "application/json"
 _JSON_HEADERS: Final = [(b"content-type", JSON.encode())]
 _AUTH_CHALLENGE: Final = [(b"www-authenticate", b"Bearer")]
 _DECODE: Final = msgspec.json.Decoder(schemas.MatchRequest)
@@ -58,17 +72,6 @@ _DECODE_HINT: Final = msgspec.json.Decoder(schemas.HintRequest)
 _ENCODE: Final = msgspec.json.Encoder()
 _MATCH_OK: Final = metrics.MATCH_REQUESTS.labels(result="ok")
 _QUERY_OK: Final = metrics.API_REQUESTS.labels(route="query", result="ok")
-T = TypeVar("T")
-
-
-class Rejected(Exception):  # noqa: N818  # control flow inside the handler: an answer, not a fault
-    """A request answered with an error status; ``result`` is the metric label."""
-
-    def __init__(self, status: int, result: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.result = result
-        self.message = message
 
 
 class Health(Protocol):
@@ -101,15 +104,6 @@ def _ok(value: msgspec.Struct) -> Response:
 
 def _ok_list(values: Sequence[msgspec.Struct]) -> Response:
     return Response(_ENCODE.encode(values), media_type=JSON)
-
-
-def _strict_decode(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise Rejected(422, "bad_shape", str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Rejected(400, "bad_json", f"malformed JSON: {exc}") from None
 
 
 class Api:
@@ -146,42 +140,12 @@ class Api:
         self._openapi = msgspec.json.encode(schemas.openapi())
 
     def _check_token(self, authorization: bytes | None) -> None:
-        if self._expected is None:
-            return
-        if not hmac.compare_digest(authorization or b"", self._expected):
-            raise Rejected(401, "unauthorized", "missing or wrong bearer token")
+        check_token(self._expected, authorization)
 
     async def _body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
         """The request body within the limits; None when the client went away meanwhile."""
-        raw_type = headers.get(b"content-type", b"").decode("latin-1")
-        media_type = raw_type.partition(";")[0].strip().lower()
-        if media_type != JSON:
-            raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
-        limit = self._settings.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        deadline = self._settings.body_timeout_s
-        try:
-            async with asyncio.timeout(deadline):  # a client that stalls mid-body is cut off
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":  # http.disconnect
-                        return None
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:  # chunked or lying about its length: stop reading now
-                        raise Rejected(413, "too_large", f"body over the limit of {limit} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise Rejected(408, "timeout", f"body not received within {deadline} s") from None
-        if size == 0:
-            raise Rejected(400, "empty_body", "empty body")
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        settings = self._settings
+        return await read_body(headers, receive, settings.max_body_bytes, settings.body_timeout_s)
 
     def _decode(self, body: bytes) -> tuple[schemas.MatchRequestWire, Sequence[int] | None]:
         """The request and its token ids (None: a prompt or messages to tokenize). Fast: token
@@ -191,7 +155,7 @@ class Api:
             request = _DECODE_WIRE.decode(body)
             raw = request.token_ids
             if not raw:  # absent: the request has a prompt or messages instead
-                _check_prompt(request)
+                check_prompt(request)
                 return request, None
             token_ids: Sequence[int] | None = keys.json_token_ids(raw)
         except (msgspec.DecodeError, ValueError):
@@ -211,17 +175,8 @@ class Api:
         """A prompt's or chat's tokens from a pod of the model (``kvsync.http.tokenize``)."""
         if self._tokenizer is None:
             raise Rejected(503, "no_engine", "this server tokenizes no prompts: send token_ids")
-        payload: dict[str, object] = {"model": request.model}
-        if request.prompt is not None:
-            payload["prompt"] = request.prompt
-        else:
-            payload["messages"] = request.messages
-            payload["add_generation_prompt"] = request.add_generation_prompt
-            payload["continue_final_message"] = request.continue_final_message
-        if request.add_special_tokens is not None:
-            payload["add_special_tokens"] = request.add_special_tokens
         try:
-            tokenized = await self._tokenizer.tokenize(request.model, _ENCODE.encode(payload))
+            tokenized = await self._tokenizer.tokenize(request.model, tokenize_body(request))
         except TokenizeError as exc:
             raise Rejected(exc.status, exc.result, exc.message) from None
         self._limited(tokenized.tokens)
@@ -389,7 +344,7 @@ class Api:
             if request.prompt is not None or request.messages is not None:
                 raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
             return self._limited(request.token_ids), None
-        _check_prompt(request)
+        check_prompt(request)
         tokenized = await self._tokenize(request)
         return tokenized.tokens, tokenized
 
@@ -397,7 +352,7 @@ class Api:
         """``POST /v1/hint``: the request's blocks are on their way to ``pod`` (speculative)."""
 
         async def handle(body: bytes) -> tuple[int, bytes]:
-            hint = _strict_decode(_DECODE_HINT, body)
+            hint = strict_decode(_DECODE_HINT, body)
             ttl = self._settings.hint_ttl_s if hint.ttl_s is None else hint.ttl_s
             if ttl > MAX_TTL_S:
                 raise Rejected(422, "bad_shape", f"ttl_s over the limit of {MAX_TTL_S} s")
@@ -434,7 +389,7 @@ class Api:
             reader = self._reader
             if not isinstance(reader, Explaining):
                 raise Rejected(501, "not_implemented", "this index backend cannot explain")
-            asked = _strict_decode(_DECODE, body)
+            asked = strict_decode(_DECODE, body)
             token_ids, tokenized = await self._tokens(asked)
             query = self._query(asked, token_ids, tokenized)
             explanation = reader.explain(query, time.time())
@@ -529,24 +484,6 @@ class Api:
 
     async def openapi(self, _request: Request) -> Response:
         return Response(self._openapi, media_type=JSON)
-
-
-def _check_prompt(request: schemas.MatchRequest) -> None:
-    """A request without token ids: exactly one of prompt and messages, well formed (422)."""
-    if (request.prompt is None) == (request.messages is None):
-        raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
-    if request.messages is not None:
-        if not request.messages:
-            raise Rejected(422, "bad_shape", "messages is empty")
-        for position, message in enumerate(request.messages):
-            if not isinstance(message.get("role"), str):
-                raise Rejected(422, "bad_shape", f"messages[{position}] has no string role")
-        if request.add_generation_prompt and request.continue_final_message:
-            raise Rejected(
-                422,
-                "bad_shape",
-                "add_generation_prompt and continue_final_message exclude each other",
-            )
 
 
 def _hint_context(query: values.Query, block_size: int) -> HintContext:
