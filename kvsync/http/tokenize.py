@@ -176,7 +176,7 @@ class _Connections:
             self._idle.clear()
 
 
-class _Cache:
+class TokenCache:
     """The LRU of (model, request body) → (tokens, base model, adapter, pod)."""
 
     def __init__(self, entries: int, tokens: int) -> None:
@@ -218,7 +218,7 @@ class Tokenizer:
     ) -> None:
         self._engines = engines
         self.settings = settings or TokenizeSettings()
-        self._cache = _Cache(self.settings.cache_entries, self.settings.cache_tokens)
+        self._cache = TokenCache(self.settings.cache_entries, self.settings.cache_tokens)
         self._pending: dict[tuple[str, bytes], asyncio.Future[Tokenized]] = {}
         self._connections = _Connections()
         self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="kvsync-tokenize")

@@ -101,7 +101,7 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
     daemon = _daemon(None)  # no static endpoints: every publisher comes by /register
     try:
         with httpx.Client(base_url=daemon.url, timeout=10) as http:
-            instance_of = {}
+            instance_of: dict[str, int] = {}
             for number, endpoint in enumerate(fleet.endpoints(), start=1):
                 instance = number if endpoint.id.dp_rank == 0 else instance_of[endpoint.id.pod]
                 instance_of[endpoint.id.pod] = instance
