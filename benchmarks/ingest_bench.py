@@ -250,7 +250,12 @@ class NullIndex:
     """An index that does nothing: isolates the decoder's and the handler's share."""
 
     def apply(
-        self, endpoint: EndpointId, context: EndpointContext, events: Sequence[Event], now: float
+        self,
+        endpoint: EndpointId,
+        context: EndpointContext,
+        events: Sequence[Event],
+        now: float,
+        seq: int | None = None,
     ) -> None:
         return None
 
