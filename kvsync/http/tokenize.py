@@ -39,11 +39,15 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
+import structlog
 
 from kvsync import metrics
 from kvsync.http.schemas import TokenId
 
 _IDLE_PER_ENGINE: Final = 8  # keep-alive connections kept per engine address
+_LOG_INTERVAL_S: Final = 60.0  # a failure kind is logged at most this often (with a count)
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +227,7 @@ class Tokenizer:
         self._connections = _Connections()
         self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="kvsync-tokenize")
         self._turn = itertools.count()
+        self._logged: dict[str, tuple[float, int]] = {}  # failure kind -> (last logged, since)
 
     @property
     def cached(self) -> int:
@@ -239,7 +244,7 @@ class Tokenizer:
         task = self._pending.get(key)
         if task is None:  # else the same prompt is on its way: share that round trip
             # A task of its own: a client that goes away does not cancel it for the others.
-            task = asyncio.ensure_future(self._ask(model, body))
+            task = asyncio.ensure_future(self._logged_ask(model, body))
             self._pending[key] = task
             task.add_done_callback(functools.partial(self._done, key))
         return await asyncio.shield(task)
@@ -255,6 +260,27 @@ class Tokenizer:
         if serving:
             return serving, False
         return list(engines), True  # perhaps an adapter name: any pod may serve it
+
+    async def _logged_ask(self, model: str, body: bytes) -> Tokenized:
+        """``_ask``, its failures logged: the first of a kind, then one a minute with a count."""
+        try:
+            return await self._ask(model, body)
+        except TokenizeError as exc:
+            now = time.monotonic()
+            last, suppressed = self._logged.get(exc.result, (-_LOG_INTERVAL_S, 0))
+            if now - last < _LOG_INTERVAL_S:
+                self._logged[exc.result] = (last, suppressed + 1)
+            else:
+                self._logged[exc.result] = (now, 0)
+                log.warning(
+                    "tokenize_failed",
+                    result=exc.result,
+                    status=exc.status,
+                    model=model,
+                    error=exc.message,
+                    suppressed=suppressed,
+                )
+            raise
 
     async def _ask(self, model: str, body: bytes) -> Tokenized:
         candidates, as_adapter = self._candidates(model)

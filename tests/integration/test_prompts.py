@@ -15,7 +15,7 @@ from kvsync.daemon.config import Settings
 from kvsync.daemon.runtime import Daemon
 from kvsync.model import EndpointId
 from kvsync.sim.engine_http import EngineReply, EngineRequest
-from kvsync.sim.fleet import Fleet
+from kvsync.sim.fleet import DEFAULT_ADAPTER, Fleet
 from kvsync.sim.records import Request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -212,3 +212,44 @@ def test_tokenize_metrics_count_latency_and_cache_hits(served: Served) -> None:
     scraped = served.http.get("/metrics").text
     assert "kvsync_tokenize_duration_seconds_count" in scraped
     assert 'kvsync_tokenize_requests_total{result="ok"}' in scraped
+
+
+def test_a_model_naming_a_lora_adapter_matches_that_adapters_blocks() -> None:
+    with Fleet(pods=2, dp_sizes=(1,), engine_http=True, seed=6) as fleet:  # adapter sql-adapter
+        adapter = DEFAULT_ADAPTER
+        settings = Settings(
+            discovery="static",
+            endpoint=tuple(fleet.endpoints()),
+            http_host="127.0.0.1",
+            http_port=0,
+            log_level="error",
+        )
+        daemon = Daemon(settings)
+        daemon.start()
+        try:
+            fleet.wait_for_subscribers()
+            assert fleet.tokenizer is not None
+            tokens = fleet.tokenizer.encode(TEXT)
+            pod = fleet.ids[1]
+            fleet.submit(pod, Request(prompt=tuple(tokens), adapter=adapter))
+            fleet.flush()
+            with httpx.Client(base_url=daemon.url, timeout=10) as http:
+                by_adapter = {"model": adapter.name, "prompt": TEXT}
+
+                def held() -> bool:
+                    matches = http.post("/v1/match", json=by_adapter).json()["matches"]
+                    return [m["pod"] for m in matches] == [pod.pod]
+
+                poll(held, what="the adapter's blocks to be queryable")
+                answer = http.post("/v1/match", json=by_adapter).json()
+                assert (answer["model"], answer["lora_name"]) == (adapter.name, adapter.name)
+                assert answer["matches"][0]["matched_blocks"] == len(tokens) // fleet.block_size
+                explicit = {"model": MODEL, "lora_name": adapter.name, "prompt": TEXT}
+                again = http.post("/v1/match", json=explicit).json()
+                assert [m["matched_blocks"] for m in again["matches"]] == [
+                    m["matched_blocks"] for m in answer["matches"]
+                ]
+                base = http.post("/v1/match", json={"model": MODEL, "prompt": TEXT}).json()
+                assert base["matches"] == []  # the base model's context holds none of it
+        finally:
+            daemon.stop(2.0)
