@@ -42,10 +42,10 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kvsync import metrics
-from kvsync.http import schemas
+from kvsync.http import answers, schemas
 from kvsync.http.dynamo import DynamoApi, DynamoRejected
 from kvsync.http.explain import RemovalSeq, explain_response
-from kvsync.http.hints import DEFAULT_TTL_S, MAX_TTL_S, HintContext, HintIndex
+from kvsync.http.hints import DEFAULT_TTL_S, MAX_TTL_S, HintIndex
 from kvsync.http.intake import (
     JSON,
     Rejected,
@@ -193,79 +193,16 @@ class Api:
     def _query(
         self, request: schemas.MatchRequest, token_ids: Sequence[int], tokenized: Tokenized | None
     ) -> values.Query:
-        pods = None if request.pods is None else frozenset(request.pods)
-        model, lora_name = request.model, request.lora_name
-        if tokenized is not None:  # the pod's model; the request's model may be an adapter
-            model, lora_name = tokenized.model, lora_name or tokenized.lora_name
-        return values.Query(
-            model=model,
-            token_ids=token_ids,
-            lora_name=lora_name,
-            lora_id=request.lora_id,
-            cache_salt=request.cache_salt,
-            pods=pods,
-        )
-
-    def _speculative(
-        self, query: values.Query, result: values.MatchResult
-    ) -> dict[EndpointId, int]:
-        """Hinted blocks after each endpoint's matched ones (none: no hint in this context)."""
-        context = _hint_context(query, result.block_size)
-        if context not in self.hints.contexts():
-            return {}
-        block_keys = keys.query_keys(query.token_ids, result.block_size, query.cache_salt)
-        matched = {m.endpoint: m.matched_blocks for m in result.matches}
-        found = self.hints.speculative(context, block_keys, matched)
-        if query.pods is not None:
-            found = {e: n for e, n in found.items() if e.pod in query.pods}
-        return found
+        return answers.query_of(request, token_ids, tokenized)
 
     def _answer(
         self, request: schemas.MatchRequest, token_ids: Sequence[int], tokenized: Tokenized | None
     ) -> schemas.MatchResponse:
-        query = self._query(request, token_ids, tokenized)
+        query = answers.query_of(request, token_ids, tokenized)
         result = self._reader.match(query, time.time())
-        speculative = self._speculative(query, result) if len(self.hints) else {}
-        tokens = len(token_ids)
-        matches = []
-        for found in result.matches:
-            # A context with several block sizes answers each endpoint in its own block size.
-            size = found.block_size or result.block_size
-            matches.append(
-                schemas.EndpointMatch(
-                    pod=found.endpoint.pod,
-                    dp_rank=found.endpoint.dp_rank,
-                    matched_blocks=found.matched_blocks,
-                    matched_tokens=found.matched_blocks * size,
-                    percent=100 * found.matched_blocks // (tokens // size),
-                    score=found.score,
-                    by_medium=dict(found.by_medium),
-                    last_event_age_s=self._event_age(found.endpoint),
-                    speculative_blocks=speculative.pop(found.endpoint, 0),
-                )
-            )
-        for endpoint, blocks in sorted(speculative.items()):  # hinted, nothing matched yet
-            matches.append(
-                schemas.EndpointMatch(
-                    pod=endpoint.pod,
-                    dp_rank=endpoint.dp_rank,
-                    matched_blocks=0,
-                    matched_tokens=0,
-                    percent=0,
-                    score=0.0,
-                    by_medium={},
-                    last_event_age_s=self._event_age(endpoint),
-                    speculative_blocks=blocks,
-                )
-            )
-        return schemas.MatchResponse(
-            model=request.model,
-            lora_name=query.lora_name,
-            block_size=result.block_size,
-            query_blocks=result.query_blocks,
-            matches=matches,
-            token_count=tokens,
-            tokenized=None if tokenized is None else _tokenized_by(tokenized),
+        speculative = answers.speculative(self.hints, query, result) if len(self.hints) else {}
+        return answers.match_response(
+            request, query, result, speculative, event_age=self._event_age, tokenized=tokenized
         )
 
     async def match_raw(
@@ -368,7 +305,9 @@ class Api:
             block_keys = keys.query_keys(token_ids, result.block_size, query.cache_salt)
             hinted = block_keys[matched:]
             if hinted:
-                self.hints.add(_hint_context(query, result.block_size), endpoint, hinted, ttl)
+                self.hints.add(
+                    answers.hint_context(query, result.block_size), endpoint, hinted, ttl
+                )
             answer = schemas.HintResponse(
                 pod=hint.pod,
                 dp_rank=hint.dp_rank,
@@ -396,7 +335,7 @@ class Api:
             matched = {run.endpoint: run.matched_blocks for run in explanation.runs}
             speculative: dict[EndpointId, int] = {}
             if len(self.hints):
-                context = _hint_context(query, explanation.block_size)
+                context = answers.hint_context(query, explanation.block_size)
                 block_keys = keys.query_keys(token_ids, explanation.block_size, query.cache_salt)
                 speculative = self.hints.speculative(context, block_keys, matched)
             answer = explain_response(
@@ -410,7 +349,7 @@ class Api:
                 speculative=speculative,
                 ages=self._event_age,
                 pods=query.pods,
-                tokenized=None if tokenized is None else _tokenized_by(tokenized),
+                tokenized=None if tokenized is None else answers.tokenized_by(tokenized),
             )
             return 200, _ENCODE.encode(answer)
 
@@ -484,15 +423,6 @@ class Api:
 
     async def openapi(self, _request: Request) -> Response:
         return Response(self._openapi, media_type=JSON)
-
-
-def _hint_context(query: values.Query, block_size: int) -> HintContext:
-    adapter = query.lora_name if query.lora_name is not None else query.lora_id
-    return (query.model, adapter, block_size)
-
-
-def _tokenized_by(tokenized: Tokenized) -> schemas.TokenizedBy:
-    return schemas.TokenizedBy(pod=tokenized.pod, cached=tokenized.cached)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
