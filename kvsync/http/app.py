@@ -128,6 +128,8 @@ class Api:
         self._removal_seq = removal_seq
         self._reader = reader
         self._endpoints = endpoints
+        self._known: frozenset[EndpointId] = frozenset()
+        self._known_at = -1.0
         self._tokenizer = tokenizer
         self.hints = hints if hints is not None else HintIndex()
         self._pods = pods
@@ -285,6 +287,15 @@ class Api:
         tokenized = await self._tokenize(request)
         return tokenized.tokens, tokenized
 
+    def _subscribed(self, endpoint: EndpointId) -> bool:
+        """Is ``endpoint`` subscribed? The set is re-read at most once a second, or when it
+        does not know the endpoint (a hint per routed request must not snapshot ingest each)."""
+        now = time.monotonic()
+        if endpoint not in self._known or now - self._known_at > 1.0:
+            self._known = frozenset(view.id for view in self._endpoints())
+            self._known_at = now
+        return endpoint in self._known
+
     async def hint(self, request: Request) -> Response:
         """``POST /v1/hint``: the request's blocks are on their way to ``pod`` (speculative)."""
 
@@ -294,7 +305,7 @@ class Api:
             if ttl > MAX_TTL_S:
                 raise Rejected(422, "bad_shape", f"ttl_s over the limit of {MAX_TTL_S} s")
             endpoint = EndpointId(hint.pod, hint.dp_rank)
-            if endpoint not in {view.id for view in self._endpoints()}:
+            if not self._subscribed(endpoint):
                 raise Rejected(
                     404, "unknown_pod", f"{hint.pod} rank {hint.dp_rank} is not subscribed"
                 )
