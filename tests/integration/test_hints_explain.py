@@ -54,6 +54,19 @@ class Served:
         poll(applied, what=f"seq {seq} of {endpoint.pod} applied")
         return seq
 
+    def restart(self, endpoint: EndpointId, events: Sequence[Event]) -> None:
+        """Restart the pod (seq back to 0), publish ``events``; wait for kvsync's reset."""
+        self.fleet.restart(endpoint.pod)
+        self.fleet.publisher(endpoint).publish(events)
+
+        def reset() -> bool:
+            for pod in self.http.get("/v1/pods").json()["pods"]:
+                if (pod["pod"], pod["dp_rank"]) == endpoint:
+                    return bool(pod["reset_reasons"].get("restart"))
+            return False
+
+        poll(reset, what=f"{endpoint.pod} reset")
+
     def match(self, tokens: list[int] = PROMPT) -> dict[str, Any]:
         answer = self.http.post("/v1/match", json={"model": MODEL, "token_ids": tokens})
         assert answer.status_code == 200, answer.text
@@ -135,8 +148,7 @@ def test_a_stored_block_confirms_its_hint_and_a_reset_drops_the_rest() -> None:
         served.publish(a, [stored(PROMPT[: 3 * BS], 1)])  # the engine stores three of four
         assert _by_pod(served.match()) == {a.pod: (3, 1), b.pod: (0, 4)}
         assert len(served.daemon.hints) == 5  # the three confirmed blocks left the side index
-        served.fleet.restart(b.pod)  # seq back to 0: kvsync resets b, and drops its hints
-        served.publish(b, [stored(OTHER, 900)])
+        served.restart(b, [stored(OTHER, 900)])  # kvsync resets b, and drops its hints
         poll(lambda: b.pod not in _by_pod(served.match()), what="b's hints to go")
         unknown = {"model": MODEL, "token_ids": PROMPT, "pod": "nobody"}
         assert served.http.post("/v1/hint", json=unknown).status_code == 404
@@ -150,8 +162,7 @@ def test_explain_names_a_removal_with_its_seq_and_a_reset_with_its_reason() -> N
         served.publish(a, [stored(PROMPT, 1)])
         removed_at = served.publish(a, [BlockRemoved(block_hashes=[3])])  # block 2 of 4
         served.publish(b, [stored(PROMPT, 50)])
-        served.fleet.restart(b.pod)
-        served.publish(b, [stored(OTHER, 900)])  # seq 0 again: a restart, b's state dropped
+        served.restart(b, [stored(OTHER, 900)])  # seq 0 again: a restart, b's state dropped
         explained = served.explain()
         assert explained[a]["matched_blocks"] == 2
         assert explained[a]["stopped_at"] == 2
