@@ -48,7 +48,9 @@ def test_the_memory_is_capped_and_can_be_off() -> None:
     index = PrefixIndex(remember=2)
     index.apply(A, CTX, [stored(TOKENS, 1)], 1.0)
     index.apply(A, CTX, [BlockRemoved([4]), BlockRemoved([3]), BlockRemoved([2])], 2.0)
-    assert len(index._memory) == 2  # the cap itself is the point
+    assert index.remembered() == 2
+    [run] = index.explain(Query("m", TOKENS), 3.0).runs
+    assert (run.matched_blocks, run.memory) == (1, BlockMemory("removed", 2.0))  # block 1: kept
     off = PrefixIndex(remember=0)
     off.apply(A, CTX, [stored(TOKENS, 1)], 1.0)
     off.apply(A, CTX, [BlockRemoved([3])], 2.0)

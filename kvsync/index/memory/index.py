@@ -29,7 +29,7 @@ least recently used first (an event or a lookup refreshes one) and evicted as a 
 """
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
@@ -117,7 +117,10 @@ class PrefixIndex:
         # For explain, capped, oldest forgotten first: (context, key, slot; -1 for every slot)
         # of blocks removed or evicted, and contexts evicted whole. 0 turns both off.
         self.remember = remember
-        self._memory: OrderedDict[tuple[ContextKey, int, int], BlockMemory] = OrderedDict()
+        # Runs of keys, as released (one append per removal run, no per-block Python work on
+        # the ingest path): (context, slot or -1, keys, what happened); explain scans it.
+        self._memory: deque[tuple[ContextKey, int, list[int], BlockMemory]] = deque()
+        self._remembered = 0  # keys in _memory
         self._gone: OrderedDict[ContextKey, BlockMemory] = OrderedDict()
         self.evictions: dict[str, int] = {}
         self._contexts: OrderedDict[ContextKey, Context] = OrderedDict()  # least recent first
@@ -254,12 +257,34 @@ class PrefixIndex:
     def _remember(
         self, ctx_key: ContextKey, block_keys: list[int], slot: int, memo: BlockMemory
     ) -> None:
+        """Remember ``block_keys`` (the list is kept as it is); the oldest go past the cap."""
+        if not block_keys:
+            return
         memory = self._memory
-        for key in block_keys:
-            memory[(ctx_key, key, slot)] = memo
-            memory.move_to_end((ctx_key, key, slot))
-        while len(memory) > self.remember:
-            memory.popitem(last=False)
+        memory.append((ctx_key, slot, block_keys, memo))
+        self._remembered += len(block_keys)
+        excess = self._remembered - self.remember
+        while excess > 0:
+            oldest = memory[0][2]
+            if len(oldest) <= excess:
+                memory.popleft()
+                self._remembered -= len(oldest)
+                excess -= len(oldest)
+            else:
+                del oldest[:excess]
+                self._remembered -= excess
+                excess = 0
+
+    def remembered(self) -> int:
+        """Removed or evicted keys remembered for explain (at most ``remember``)."""
+        return self._remembered
+
+    def _memory_of(self, ctx_key: ContextKey, key: int, slot: int) -> BlockMemory | None:
+        """The latest thing remembered of ``key`` for ``slot`` (or every slot) in ``ctx_key``."""
+        for where, whose, block_keys, memo in reversed(self._memory):
+            if where == ctx_key and whose in (slot, -1) and key in block_keys:
+                return memo
+        return None
 
     def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
         if n:
@@ -514,9 +539,6 @@ class PrefixIndex:
             run = matched.get(endpoint, 0)
             memo = None
             if run < len(query_keys):
-                key, slot = query_keys[run], self._slot_of[endpoint]
-                memo = self._memory.get((ctx_key, key, slot)) or self._memory.get(
-                    (ctx_key, key, -1)
-                )
+                memo = self._memory_of(ctx_key, query_keys[run], self._slot_of[endpoint])
             runs.append(EndpointRun(endpoint, run, run, memo))
         return Explanation(bs, result.query_blocks, runs)
