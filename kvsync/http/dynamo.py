@@ -25,6 +25,7 @@ events do not carry.
 Raises nothing: every failure is an ``{"error"}`` answer (``kvsync.http.app.Rejected``).
 """
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -127,8 +128,11 @@ class DynamoApi:
                 found.matched_blocks * size
             )
             runs.append(found.matched_blocks)
-        deepest = max(runs, default=0)
-        frequencies = [sum(1 for run in runs if run > depth) for depth in range(deepest)]
+        # frequencies[d]: the (instance, rank)s holding block d, i.e. with a run longer than d
+        ending = [0] * max(runs, default=0)  # runs ending at each depth
+        for run in runs:
+            ending[run - 1] += 1
+        frequencies = list(itertools.accumulate(reversed(ending)))[::-1]
         return _ENCODE.encode(schemas.DynamoScores(scores=scores, frequencies=frequencies))
 
     # --- registration ----------------------------------------------------------------------------

@@ -194,6 +194,8 @@ class EngineHttpServer:
 
             def setup(self) -> None:
                 super().setup()
+                # As uvicorn (vLLM's server): no Nagle delay between the headers and the body
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with server._lock:
                     server._open.add(self.connection)
 
