@@ -74,6 +74,7 @@ bench: install
 	$(PY) benchmarks/index_bench.py
 	$(PY) benchmarks/ingest_bench.py
 	$(PY) benchmarks/api_bench.py
+	$(PY) benchmarks/prompt_bench.py
 	$(PY) benchmarks/serve_bench.py
 	$(PY) benchmarks/sim_bench.py
 	$(PY) benchmarks/discovery_bench.py

@@ -51,9 +51,12 @@ class KeyTable:
     def store_keys(self, slot: int, parent: int, hashes: list[int], keys: list[int], /) -> int:
         """``store`` with the keys already computed."""
 
-    def remove_plain(self, slot: int, hashes: list[int], /) -> tuple[int, list[int]]:
+    def remove_plain(
+        self, slot: int, hashes: list[int], removed_keys: list[int] = ..., /
+    ) -> tuple[int, list[int]]:
         """Drop ``slot``'s mapping and hold of each engine hash; returns (keys it no longer
-        holds, the hashes it does not map)."""
+        holds, the hashes it does not map). With ``removed_keys``, the keys of the blocks it
+        no longer holds are appended to it."""
 
     def holders(self, key: int, /) -> int:
         """Slot mask of the endpoints holding ``key`` (0 when absent)."""

@@ -77,6 +77,43 @@ INFORMER_ERRORS: Final = Counter(
     registry=None,
 )
 
+# An engine's /tokenize round trip: loopback sub-millisecond, a loaded pod tens of milliseconds.
+_TOKENIZE_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+TOKENIZE_DURATION: Final = Histogram(
+    "kvsync_tokenize_duration_seconds",
+    "One POST /tokenize round trip to a pod's engine (a prompt not in the tokenize cache)",
+    buckets=_TOKENIZE_BUCKETS,
+    registry=None,
+)
+TOKENIZE_REQUESTS: Final = Counter(
+    "kvsync_tokenize_requests",
+    "POST /tokenize calls to engines by result (ok, timeout, unreachable, not_served, "
+    "engine_error, rejected)",
+    ["result"],
+    registry=None,
+)
+TOKENIZE_CACHE: Final = Counter(
+    "kvsync_tokenize_cache",
+    "Prompt lookups by tokenize-cache result (hit, miss)",
+    ["result"],
+    registry=None,
+)
+API_REQUESTS: Final = Counter(
+    "kvsync_api_requests",
+    "Requests to the routes other than /v1/match (hint, explain, the Dynamo/Mooncake API), by "
+    "route and result (ok, or the rejection)",
+    ["route", "result"],
+    registry=None,
+)
+HINTS: Final = Counter(
+    "kvsync_hints",
+    "Speculative hint blocks by what became of them (added, confirmed, expired, reset, evicted)",
+    ["result"],
+    registry=None,
+)
+
 _WAIT_BY_SIDE: Final = {side: LOCK_WAIT.labels(side=side) for side in ("ingest", "http")}
 _HOLD_BY_SIDE: Final = {side: LOCK_HOLD.labels(side=side) for side in ("ingest", "http")}
 
@@ -95,6 +132,11 @@ PUSHED: Final = (
     EVENT_LAG,
     INFORMER_RELISTS,
     INFORMER_ERRORS,
+    TOKENIZE_DURATION,
+    TOKENIZE_REQUESTS,
+    TOKENIZE_CACHE,
+    API_REQUESTS,
+    HINTS,
 )
 
 

@@ -80,6 +80,9 @@ class Endpoint:
     lora_id: int | None = None  # the pod's LoRA label: the adapter when events name none
     topic: str = ""  # subscription prefix; "" = every topic
     generation: str = ""
+    # http://host:port of the engine's own HTTP server (vLLM's OpenAI API: /tokenize, /metrics),
+    # shared by every DP rank of the pod; None when not known (an endpoint registered at run time).
+    engine: str | None = None
 
 
 class BlockStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False):

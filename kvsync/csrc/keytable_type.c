@@ -168,12 +168,30 @@ static PyObject *table_store_keys(KvTable *t, PyObject *const *args, Py_ssize_t 
 }
 
 static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_t nargs) {
-    ARGS(2, "remove_plain(slot, hashes)");
+    /* remove_plain(slot, hashes[, removed_keys]): with a list, the keys of the blocks released
+       are appended to it (the index remembers them for explain). */
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "remove_plain(slot, hashes[, removed_keys])");
+        return NULL;
+    }
+    PyObject *out_keys = nargs == 3 ? args[2] : NULL;
+    if (out_keys != NULL && !PyList_Check(out_keys)) {
+        PyErr_SetString(PyExc_TypeError, "removed_keys must be a list");
+        return NULL;
+    }
     uint32_t slot;
     Py_ssize_t n;
     if (kt_read_slot(args[0], &slot) < 0) return NULL;
     uint64_t *hashes = read_u64s(args[1], &n);
     if (hashes == NULL) return NULL;
+    uint64_t *released = NULL;
+    if (out_keys != NULL && n > 0) {
+        released = PyMem_Malloc((size_t)n * sizeof(uint64_t));
+        if (released == NULL) {
+            PyMem_Free(hashes);
+            return PyErr_NoMemory();
+        }
+    }
     Py_ssize_t removed = 0, n_missing = 0;
     /* Without the GIL, as store_common; ``hashes`` is compacted to the unmapped ones. */
     Py_BEGIN_ALLOW_THREADS
@@ -186,11 +204,19 @@ static PyObject *table_remove_plain(KvTable *t, PyObject *const *args, Py_ssize_
         uint32_t idx = kt_find(t, key); /* absent: a dangling entry, the mapping goes anyway */
         if (idx != NIL && kt_has(t, idx, slot)) {
             kt_release(t, idx, slot);
+            if (released != NULL) released[removed] = key;
             removed++;
         }
     }
     Py_END_ALLOW_THREADS
-    PyObject *missing = PyList_New(n_missing);
+    int failed = 0;
+    for (Py_ssize_t i = 0; released != NULL && i < removed && !failed; i++) {
+        PyObject *k = PyLong_FromUnsignedLongLong(released[i]);
+        failed = k == NULL || PyList_Append(out_keys, k) < 0;
+        Py_XDECREF(k);
+    }
+    PyMem_Free(released);
+    PyObject *missing = failed ? NULL : PyList_New(n_missing);
     for (Py_ssize_t i = 0; missing != NULL && i < n_missing; i++) {
         PyObject *h = PyLong_FromUnsignedLongLong(hashes[i]);
         if (h == NULL) Py_CLEAR(missing);

@@ -16,6 +16,7 @@ CLI prints it and exits 2.
 """
 
 import argparse
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -66,6 +67,7 @@ class Settings:
     replay_port: int | None = _POD.replay_port
     dp_size: int = _POD.dp_size
     topic: str = _POD.topic
+    engine_port: int = _POD.engine_port
     model_label: str = _POD.model_label
     lora_label: str = _POD.lora_label
     http_host: str = "0.0.0.0"
@@ -74,6 +76,9 @@ class Settings:
     api_token_file: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     max_query_tokens: int = 1_000_000
+    tokenize_timeout_seconds: float = 2.0
+    tokenize_cache_entries: int = 4096
+    hint_ttl_seconds: float = 2.0
     default_block_size: int = values.DEFAULT_BLOCK_SIZE
     medium_weights: Mapping[str, float] = field(
         default_factory=lambda: MappingProxyType(dict(DEFAULT_MEDIUM_WEIGHTS))
@@ -143,12 +148,15 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("selector", text, "label selector of the pods to subscribe to"),
     Option("endpoint", endpoint_spec,
            "static endpoint SPEC name=..,model=..,pub=tcp://h:p[,replay=..,dp_size=..,"
-           "lora_id=..,topic=..], repeatable (env: separated by ';')", repeatable=True),
+           "lora_id=..,topic=..,engine_port=..], repeatable (env: separated by ';')",
+           repeatable=True),
     Option("endpoints_file", non_empty, "JSON or YAML list of endpoint specs"),
     Option("pub_port", int_in(1, 65535), "pods' KV-event PUB port (rank r: port + r)"),
     Option("replay_port", optional_port, "pods' replay ROUTER port (none: no replay)"),
     Option("dp_size", int_in(1, 1024), "data-parallel ranks per pod"),
     Option("topic", text, "topic prefix to subscribe to ('' = all)"),
+    Option("engine_port", int_in(1, 65535),
+           "pods' engine HTTP port (vLLM's OpenAI server: /tokenize); on the pub host"),
     Option("model_label", non_empty, "pod label (or annotation) naming the model"),
     Option("lora_label", non_empty, "pod label with the LoRA adapter id"),
     Option("http_host", non_empty, "HTTP listen address"),
@@ -157,6 +165,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("api_token_file", non_empty, "file holding the bearer token for /v1/*"),
     Option("max_body_bytes", int_in(1, 1 << 31), "largest /v1/match request body"),
     Option("max_query_tokens", int_in(1, 1 << 31), "most token ids in one /v1/match"),
+    Option("tokenize_timeout_seconds", seconds(allow_zero=False),
+           "budget to tokenize a prompt through a pod's engine (every attempt)"),
+    Option("tokenize_cache_entries", int_in(0, 1 << 24),
+           "prompts whose tokens are kept (LRU; 0: no cache)"),
+    Option("hint_ttl_seconds", seconds(allow_zero=False),
+           "how long a hint (POST /v1/hint) stays speculative unless the request sets ttl_s"),
     Option("default_block_size", int_in(1, 1 << 16), "block size answered for unknown models"),
     Option("medium_weights", medium_weights, "score weight per medium ('*' = any other)"),
     Option("index_backend", choice(*BACKENDS),
@@ -244,12 +258,18 @@ def load(argv: Sequence[str], env: Mapping[str, str], *, in_cluster: bool = Fals
     """Parse ``serve`` flags with env fallbacks into ``Settings``; raises ``ConfigError``."""
     args = vars(parser().parse_args(list(argv)))
     values: dict[str, Any] = {}
-    for option in OPTIONS:
+    # Static endpoints last: a spec without engine_port takes --engine-port.
+    for option in sorted(OPTIONS, key=lambda o: o.field == "endpoint"):
         raws = _raw_value(option, args[option.field], env)
         if raws is None:
             continue
+        parse = option.parse
+        if option.field == "endpoint":
+            parse = functools.partial(
+                endpoint_spec, engine_port=values.get("engine_port", _POD.engine_port)
+            )
         try:
-            parsed = [option.parse(raw) for raw in raws]
+            parsed = [parse(raw) for raw in raws]
         except (ValueError, ConfigError) as exc:
             where = _source(option, args[option.field], env)
             if isinstance(exc, ConfigError) and where == option.flag:

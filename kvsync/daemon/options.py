@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from kvsync.discovery.endpoints import parse_endpoint_spec
+from kvsync.discovery.endpoints import DEFAULT_ENGINE_PORT, parse_endpoint_spec
 from kvsync.model import Endpoint
 
 
@@ -87,5 +87,5 @@ def medium_weights(raw: str) -> Mapping[str, float]:
     return MappingProxyType(weights)
 
 
-def endpoint_spec(raw: str) -> tuple[Endpoint, ...]:
-    return tuple(parse_endpoint_spec(raw))
+def endpoint_spec(raw: str, *, engine_port: int = DEFAULT_ENGINE_PORT) -> tuple[Endpoint, ...]:
+    return tuple(parse_endpoint_spec(raw, engine_port=engine_port))

@@ -32,17 +32,22 @@ import structlog
 from kvsync import metrics
 from kvsync.daemon.config import Settings
 from kvsync.discovery.base import Sink, Source
+from kvsync.discovery.endpoints import split_tcp_address
 from kvsync.discovery.kubernetes.source import Informer, InformerOptions, api_client
 from kvsync.discovery.shards import Shard, ShardSink
 from kvsync.discovery.static import StaticDiscovery
 from kvsync.errors import ConfigError
 from kvsync.http import schemas, server
 from kvsync.http.app import Api, ApiSettings, create_app
+from kvsync.http.dynamo import DynamoApi
+from kvsync.http.hints import HintIndex
+from kvsync.http.tokenize import Engine, Tokenizer, TokenizeSettings
+from kvsync.http.views import EndpointView
 from kvsync.index.backend import BackendSettings, IndexBackend, RedisSettings, open_backend
 from kvsync.index.values import Limits
 from kvsync.ingest.manager import SubscriberManager
 from kvsync.ingest.values import IngestSettings, IngestStats, ReplaySettings
-from kvsync.model import EndpointId
+from kvsync.model import Endpoint, EndpointId
 
 log = structlog.get_logger()
 
@@ -57,7 +62,9 @@ EXIT_CRASHED: Final = 1
 
 
 def _static_source(settings: Settings, sink: Sink) -> Source:
-    source = StaticDiscovery(sink, settings.endpoint, settings.endpoints_file)
+    source = StaticDiscovery(
+        sink, settings.endpoint, settings.endpoints_file, engine_port=settings.engine_port
+    )
     source.load_initial()  # a bad endpoints file fails start-up (ConfigError: exit 2)
     return source
 
@@ -99,10 +106,51 @@ def pod_rows(stats: IngestStats, now: float) -> list[schemas.PodStatus]:
                 decode_errors=found.decode_errors,
                 duplicates=found.duplicates,
                 reset_reasons=dict(found.reset_reasons),
+                engine=endpoint.engine,
             )
         )
     rows.sort(key=lambda row: (row.pod, row.dp_rank))
     return rows
+
+
+def endpoint_views(stats: IngestStats, now: float) -> list[EndpointView]:
+    """What the HTTP side sees of the endpoints (``kvsync.http.views``), from a snapshot."""
+    views = []
+    for found in stats.endpoints:
+        endpoint = found.endpoint
+        age = None if found.last_event_at is None else max(0.0, now - found.last_event_at)
+        views.append(
+            EndpointView(
+                id=endpoint.id,
+                model=endpoint.model,
+                pub=endpoint.pub,
+                replay=endpoint.replay,
+                engine=endpoint.engine,
+                state=found.state,
+                last_seq=found.last_seq,
+                last_event_age_s=None if age is None else round(age, 3),
+                resets=found.reset_log,
+            )
+        )
+    views.sort(key=lambda view: view.id)
+    return views
+
+
+def engines_of(views: list[EndpointView]) -> list[Engine]:
+    """One engine per pod that has an address (its ranks share it), live endpoints first."""
+    seen: dict[str, Engine] = {}
+    for view in sorted(views, key=lambda v: v.state not in ("live", "reset")):
+        if view.engine is not None and view.id.pod not in seen:
+            seen[view.id.pod] = Engine(pod=view.id.pod, model=view.model, url=view.engine)
+    return list(seen.values())
+
+
+def checked_registration(endpoint: Endpoint) -> Endpoint:
+    """An endpoint from ``POST /register`` whose addresses libzmq can use; ``ValueError``."""
+    split_tcp_address("endpoint", endpoint.pub)
+    if endpoint.replay is not None:
+        split_tcp_address("replay_endpoint", endpoint.replay)
+    return endpoint
 
 
 def read_token(settings: Settings) -> str | None:
@@ -148,16 +196,32 @@ class Daemon:
             replay_timeout_s=settings.replay_timeout_seconds,
             replay_cooldown_s=settings.replay_cooldown_seconds,
         )
+        self.hints = HintIndex()
         self.ingest = SubscriberManager(
             self.index,
             settings=IngestSettings(
                 handler=handler_settings, sweep_interval_s=settings.eviction_interval_seconds
             ),
             on_lag=metrics.EVENT_LAG.observe,
+            on_reset=self.hints.forget,  # a reset or removed endpoint's hints are void
         )
         # Discovery sees every endpoint; ingest gets only this shard's (all of them unsharded).
         self.shard = ShardSink(self.ingest, Shard(settings.shard_index, settings.shard_count))
         self.discovery: Source = SOURCES[settings.discovery](settings, self.shard)
+        self.tokenizer = Tokenizer(
+            lambda: engines_of(self.endpoint_views()),
+            TokenizeSettings(
+                timeout_s=settings.tokenize_timeout_seconds,
+                cache_entries=settings.tokenize_cache_entries,
+            ),
+        )
+        dynamo = DynamoApi(
+            reader=self.index,
+            endpoints=self.endpoint_views,
+            register=lambda e: self.ingest.set_endpoint(checked_registration(e)),
+            unregister=self.ingest.remove_endpoint,
+            max_query_tokens=settings.max_query_tokens,
+        )
         app = create_app(
             Api(
                 reader=self.index,
@@ -170,7 +234,13 @@ class Daemon:
                     max_body_bytes=settings.max_body_bytes,
                     max_query_tokens=settings.max_query_tokens,
                     api_token=read_token(settings),
+                    hint_ttl_s=settings.hint_ttl_seconds,
                 ),
+                endpoints=self.endpoint_views,
+                tokenizer=self.tokenizer,
+                hints=self.hints,
+                dynamo=dynamo,
+                removal_seq=self.ingest.removal_seq,
             )
         )
         self.http = server.HttpServer(
@@ -186,6 +256,9 @@ class Daemon:
         return schemas.ShardStatus(
             index=shard.index, count=shard.count, skipped_endpoints=self.shard.skipped
         )
+
+    def endpoint_views(self) -> list[EndpointView]:
+        return endpoint_views(self.ingest.snapshot(), time.monotonic())
 
     def _event_age(self, endpoint: EndpointId) -> float | None:
         age = self.ingest.last_event_age(endpoint)
@@ -252,6 +325,10 @@ class Daemon:
             raise ConfigError(f"HTTP server did not start on {self.http.url}")
         log.info("daemon_started", url=self.http.url, discovery=self.settings.discovery)
 
+    def _stop_tokenizer(self, _budget_s: float) -> bool:
+        self.tokenizer.close()
+        return True
+
     def crashed(self) -> str | None:
         """The component that died, if one did."""
         if self.ingest.failed.is_set():
@@ -268,6 +345,7 @@ class Daemon:
             ("discovery", self.discovery.stop),
             ("http", self.http.stop),
             ("ingest", self.ingest.stop),
+            ("tokenizer", self._stop_tokenizer),
             ("index", self.index.close),  # after ingest: its last writes go out
         ):
             started = time.monotonic()

@@ -5,6 +5,10 @@ exits 2) and ``kvsync.discovery.static`` re-reads the file on SIGHUP or change. 
 ``ConfigError`` (a one-line message for the user) and nothing else. The address helpers are shared
 with discovery.
 
+The engine address (``Endpoint.engine``, the vLLM server's HTTP port on the publisher's host: the
+OpenAI API and the KV-event sockets live in one process) is the spec's ``engine_port``, else the
+caller's default (``--engine-port``, 8000).
+
 Static endpoints carry an empty ``generation``: their identity is the name, and any change of a
 field already makes the subscriber manager purge and resubscribe.
 """
@@ -21,7 +25,10 @@ from kvsync.model import Endpoint, EndpointId
 
 PORT_MAX: Final = 65535
 DP_SIZE_MAX: Final = 1024  # a sanity cap: more ranks than this on one pod is a typo, not a topology
-SPEC_KEYS: Final = ("name", "model", "pub", "replay", "dp_size", "lora_id", "topic")
+DEFAULT_ENGINE_PORT: Final = 8000  # vLLM's `vllm serve --port` default
+SPEC_KEYS: Final = (
+    "name", "model", "pub", "replay", "dp_size", "lora_id", "topic", "engine_port",
+)  # fmt: skip
 REQUIRED_SPEC_KEYS: Final = ("name", "model", "pub")
 
 
@@ -75,6 +82,11 @@ def split_tcp_address(what: str, address: str) -> tuple[str, int]:
     return host, int_in_range(f"{what} port", port_text, 1, PORT_MAX)
 
 
+def engine_url(host: str, port: int) -> str:
+    """The engine's HTTP base URL from a host as ``host_for_url`` writes it and a port."""
+    return f"http://{host}:{port}"
+
+
 def rank_endpoints(
     pod: str,
     model: str,
@@ -86,8 +98,13 @@ def rank_endpoints(
     lora_id: int | None = None,
     topic: str = "",
     generation: str = "",
+    engine_port: int | None = None,
 ) -> list[Endpoint]:
-    """One ``Endpoint`` per data-parallel rank: rank r uses base port + r (live and replay)."""
+    """One ``Endpoint`` per data-parallel rank: rank r uses base port + r (live and replay).
+
+    Every rank gets the same engine address: one vLLM API server fronts all ranks of a pod.
+    """
+    engine = None if engine_port is None else engine_url(host, engine_port)
     top = max(pub_port, replay_port or 0) + dp_size - 1
     if top > PORT_MAX:
         raise ValueError(f"dp_size {dp_size} runs the ports past {PORT_MAX}")
@@ -100,12 +117,13 @@ def rank_endpoints(
             lora_id=lora_id,
             topic=topic,
             generation=generation,
+            engine=engine,
         )
         for rank in range(dp_size)
     ]
 
 
-def _endpoints_from_fields(fields: Mapping[str, object]) -> list[Endpoint]:
+def _endpoints_from_fields(fields: Mapping[str, object], engine_port: int) -> list[Endpoint]:
     """The static endpoints one spec describes; ``ValueError`` naming the bad key otherwise."""
     unknown = sorted(set(fields) - set(SPEC_KEYS))
     if unknown:
@@ -129,6 +147,7 @@ def _endpoints_from_fields(fields: Mapping[str, object]) -> list[Endpoint]:
     dp_size = int_in_range("dp_size", fields.get("dp_size", 1), 1, DP_SIZE_MAX)
     lora = fields.get("lora_id")
     lora_id = None if lora is None else int_in_range("lora_id", lora, 0, 2**63 - 1)
+    engine = int_in_range("engine_port", fields.get("engine_port", engine_port), 1, PORT_MAX)
     return rank_endpoints(
         texts["name"],
         texts["model"],
@@ -138,11 +157,13 @@ def _endpoints_from_fields(fields: Mapping[str, object]) -> list[Endpoint]:
         dp_size=dp_size,
         lora_id=lora_id,
         topic=texts.get("topic", ""),
+        engine_port=engine,
     )
 
 
-def parse_endpoint_spec(spec: str) -> list[Endpoint]:
-    """``name=pod-a,model=demo,pub=tcp://127.0.0.1:5557[,replay=…][,dp_size=N][,lora_id=N][,topic=…]``.
+def parse_endpoint_spec(spec: str, *, engine_port: int = DEFAULT_ENGINE_PORT) -> list[Endpoint]:
+    """``name=pod-a,model=demo,pub=tcp://127.0.0.1:5557[,replay=…][,dp_size=N][,lora_id=N][,topic=…]
+    [,engine_port=N]``; the engine is on the pub host, at ``engine_port`` unless the spec says.
 
     Raises ``ConfigError`` with a one-line message naming the spec and the problem.
     """
@@ -156,12 +177,14 @@ def parse_endpoint_spec(spec: str) -> list[Endpoint]:
             if key in fields:
                 raise ValueError(f"{key}= given twice")
             fields[key] = value
-        return _endpoints_from_fields(fields)
+        return _endpoints_from_fields(fields, engine_port)
     except ValueError as exc:
         raise ConfigError(f"--endpoint {spec!r}: {exc}") from None
 
 
-def parse_endpoints_document(text: str) -> list[Endpoint]:
+def parse_endpoints_document(
+    text: str, *, engine_port: int = DEFAULT_ENGINE_PORT
+) -> list[Endpoint]:
     """A JSON or YAML list of mappings with the ``--endpoint`` keys (ints may be numbers).
 
     An empty document is an empty list. Names must be unique. Raises ``ConfigError`` (one line).
@@ -190,7 +213,7 @@ def parse_endpoints_document(text: str) -> list[Endpoint]:
         if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
             raise ConfigError(f"endpoints file entry {position}: expected a mapping of key: value")
         try:
-            found = _endpoints_from_fields(entry)
+            found = _endpoints_from_fields(entry, engine_port)
         except ValueError as exc:
             raise ConfigError(f"endpoints file entry {position}: {exc}") from None
         name = found[0].id.pod

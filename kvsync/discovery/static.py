@@ -23,7 +23,7 @@ from typing import Final
 import structlog
 
 from kvsync.discovery.base import Command, EndpointTable, Sink, send
-from kvsync.discovery.endpoints import parse_endpoints_document
+from kvsync.discovery.endpoints import DEFAULT_ENGINE_PORT, parse_endpoints_document
 from kvsync.errors import ConfigError
 from kvsync.model import Endpoint
 
@@ -41,15 +41,18 @@ class StaticStats:
     errors: Counter[str] = field(default_factory=Counter)  # by reason: read, parse, conflict
 
 
-def read_endpoints_file(path: str, flag_endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-    """The file's endpoints; ``ConfigError`` (one line) if unreadable, invalid or clashing."""
+def read_endpoints_file(
+    path: str, flag_endpoints: Sequence[Endpoint], *, engine_port: int = DEFAULT_ENGINE_PORT
+) -> list[Endpoint]:
+    """The file's endpoints; ``ConfigError`` (one line) if unreadable, invalid or clashing.
+    An entry without ``engine_port`` gets ``engine_port``."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--endpoints-file {path}: {exc}") from exc
     try:
-        found = parse_endpoints_document(text)
+        found = parse_endpoints_document(text, engine_port=engine_port)
     except ConfigError as exc:
         raise ConfigError(f"--endpoints-file {path}: {exc}") from exc
     flag_names = {e.id.pod for e in flag_endpoints}
@@ -76,9 +79,11 @@ class StaticDiscovery:
         flag_endpoints: Sequence[Endpoint],
         path: str | None,
         *,
+        engine_port: int = DEFAULT_ENGINE_PORT,
         poll_seconds: float = 1.0,
     ) -> None:
         self._sink, self._flags, self._path = sink, tuple(flag_endpoints), path
+        self._engine_port = engine_port
         self._poll_seconds = poll_seconds
         self._table = EndpointTable()
         self._signature: tuple[int, int, int] | None = None
@@ -94,7 +99,9 @@ class StaticDiscovery:
         """Read the file once (start-up); raises ``ConfigError`` if it is unusable."""
         if self._path is not None:
             self._signature = _signature(self._path)
-            self._initial = read_endpoints_file(self._path, self._flags)
+            self._initial = read_endpoints_file(
+                self._path, self._flags, engine_port=self._engine_port
+            )
 
     def start(self) -> None:
         """Send the initial endpoints, set ``synced`` and start following the file."""
@@ -141,7 +148,7 @@ class StaticDiscovery:
         if self._path is None:
             return []  # flags only: nothing to re-read
         try:
-            found = read_endpoints_file(self._path, self._flags)
+            found = read_endpoints_file(self._path, self._flags, engine_port=self._engine_port)
         except ConfigError as exc:
             reason = "conflict" if "also given by" in str(exc) else "invalid"
             self._stats.errors[reason] += 1

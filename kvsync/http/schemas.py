@@ -19,11 +19,25 @@ TokenId = Annotated[int, msgspec.Meta(ge=0, lt=TOKEN_LIMIT)]
 LoraId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
+ChatMessage = dict[str, Any]  # an OpenAI chat message, passed to the engine as it is
+
+
 class MatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``POST /v1/match``: which endpoints hold the longest prefix of these tokens."""
+    """``POST /v1/match``: which endpoints hold the longest prefix of this request.
+
+    Exactly one of ``token_ids``, ``prompt`` (OpenAI completions) or ``messages`` (OpenAI chat);
+    a prompt is tokenized by a pod of ``model`` (vLLM's ``POST /tokenize``, with
+    ``add_special_tokens``, and for chat ``add_generation_prompt`` / ``continue_final_message``:
+    vLLM's defaults when absent). ``model`` may name a LoRA adapter (OpenAI style).
+    """
 
     model: str
-    token_ids: list[TokenId]
+    token_ids: list[TokenId] | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool | None = None
     lora_name: str | None = None
     lora_id: LoraId | None = None
     cache_salt: str | None = None
@@ -36,7 +50,8 @@ class MatchRequestWire(MatchRequest, forbid_unknown_fields=True, frozen=True):
     each (msgspec's typed decode of 8,192 ids was a third of a lookup's CPU). The field list
     and the checks of every other field are ``MatchRequest``'s; the OpenAPI document is too."""
 
-    token_ids: msgspec.Raw  # type: ignore[assignment]  # the same field, undecoded
+    # the same field, undecoded; empty (``len() == 0``) when absent: a prompt or messages
+    token_ids: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
 
 
 class EndpointMatch(msgspec.Struct, frozen=True):
@@ -50,6 +65,16 @@ class EndpointMatch(msgspec.Struct, frozen=True):
     score: float
     by_medium: dict[str, int]
     last_event_age_s: float | None  # seconds since this endpoint's last applied batch
+    # blocks after the matched ones that a hint (POST /v1/hint) says are on their way; never
+    # counted in matched_blocks, matched_tokens, percent or score
+    speculative_blocks: int = 0
+
+
+class TokenizedBy(msgspec.Struct, frozen=True):
+    """Where a prompt's tokens came from."""
+
+    pod: str  # whose engine tokenized it (the first time, when cached)
+    cached: bool  # answered from kvsync's tokenize cache
 
 
 class MatchResponse(msgspec.Struct, frozen=True):
@@ -60,6 +85,8 @@ class MatchResponse(msgspec.Struct, frozen=True):
     block_size: int
     query_blocks: int
     matches: list[EndpointMatch]
+    token_count: int = 0  # the token ids the answer is for (a router can check its own)
+    tokenized: TokenizedBy | None = None  # set for a prompt or messages
 
 
 class PodStatus(msgspec.Struct, frozen=True):
@@ -80,6 +107,7 @@ class PodStatus(msgspec.Struct, frozen=True):
     decode_errors: int
     duplicates: int  # live copies of batches a replay had already applied, skipped
     reset_reasons: dict[str, int]  # resets by reason (restart, hole, lost_removal, ...)
+    engine: str | None = None  # http://host:port of the pod's vLLM HTTP server, if known
 
 
 class ShardStatus(msgspec.Struct, frozen=True):
@@ -96,6 +124,137 @@ UNSHARDED: Final = ShardStatus(index=0, count=1, skipped_endpoints=0)
 class PodsResponse(msgspec.Struct, frozen=True):
     pods: list[PodStatus]  # the endpoints this replica subscribes to
     shard: ShardStatus
+
+
+class HintRequest(MatchRequest, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``POST /v1/hint``: the request (as ``/v1/match`` takes it) was just routed to ``pod``,
+    rank ``dp_rank``: report its blocks there as speculative for ``ttl_s`` seconds."""
+
+    pod: str
+    dp_rank: Annotated[int, msgspec.Meta(ge=0)] = 0
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)] | None = None  # default --hint-ttl-seconds
+
+
+class HintResponse(msgspec.Struct, frozen=True):
+    pod: str
+    dp_rank: int
+    block_size: int
+    hinted_blocks: int  # blocks of the request now hinted (beyond what the pod already holds)
+    matched_blocks: int  # blocks of it the pod already holds (not hinted)
+    ttl_s: float
+    token_count: int
+
+
+class BlockCause(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Why an endpoint does not hold the block its run stopped at."""
+
+    reason: str  # never_stored, removed, reset, replaying, evicted, context_evicted, query_end
+    detail: str
+    at: float | None = None  # wall-clock seconds of the removal / reset / eviction
+    seq: int | None = None  # the batch that removed it
+    cause: str | None = None  # the reset's reason (restart, hole, ...) or eviction's (max_keys)
+
+
+class EndpointExplanation(msgspec.Struct, frozen=True):
+    """One endpoint of the query's context: how far it matches and why not further."""
+
+    pod: str
+    dp_rank: int
+    matched_blocks: int
+    stopped_at: int  # the first query block it does not hold (query_blocks: it holds them all)
+    why: BlockCause
+    state: str  # connecting, replaying, live, reset
+    last_seq: int | None
+    last_event_age_s: float | None
+    speculative_blocks: int = 0
+
+
+class ExplainResponse(msgspec.Struct, frozen=True):
+    """``POST /v1/explain``: every endpoint of the model, the matching ones first."""
+
+    model: str
+    lora_name: str | None
+    block_size: int
+    query_blocks: int
+    token_count: int
+    endpoints: list[EndpointExplanation]
+    tokenized: TokenizedBy | None = None
+
+
+# --- the Dynamo standalone indexer / Mooncake conductor API ------------------------------------
+InstanceId = int | str
+
+
+class DynamoRegister(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``POST /register``: Dynamo's fields; ``modelname`` and ``type`` are Mooncake's."""
+
+    instance_id: InstanceId
+    endpoint: str
+    model_name: str | None = None
+    modelname: str | None = None
+    block_size: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    replay_endpoint: str | None = None
+    dp_rank: Annotated[int, msgspec.Meta(ge=0, le=1023)] = 0
+    tenant_id: str | None = None
+    lora_name: str | None = None
+    type: str | None = None
+    additionalsalt: str | None = None
+
+
+class DynamoUnregister(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    instance_id: InstanceId
+    model_name: str | None = None
+    modelname: str | None = None
+    tenant_id: str | None = None
+    dp_rank: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    block_size: int | None = None
+    lora_name: str | None = None
+    type: str | None = None
+
+
+class DynamoQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``POST /query``: Dynamo's ``model_name`` or Mooncake's ``model``."""
+
+    token_ids: list[TokenId]
+    model_name: str | None = None
+    model: str | None = None
+    lora_name: str | None = None
+    tenant_id: str | None = None
+    instance_id: InstanceId | None = None
+    block_size: int | None = None
+    cache_salt: str | None = None
+    lora_id: LoraId | None = None
+
+
+class DynamoQueryWire(DynamoQuery, forbid_unknown_fields=True, frozen=True):
+    """``DynamoQuery`` with the token ids left as JSON text (parsed in C, as ``/v1/match``)."""
+
+    token_ids: msgspec.Raw  # type: ignore[assignment]  # the same field, undecoded
+
+
+class DynamoScores(msgspec.Struct, frozen=True):
+    """Dynamo's answer: matched tokens per instance, then per DP rank (both as strings);
+    ``frequencies[i]``: how many (instance, rank) hold query block i."""
+
+    scores: dict[str, dict[str, int]]
+    frequencies: list[int]
+
+
+class DynamoWorker(msgspec.Struct, frozen=True):
+    """One instance in ``GET /workers`` (Dynamo's shape)."""
+
+    instance_id: InstanceId
+    source: str  # "register" (POST /register) or kvsync's own discovery ("static", ...)
+    status: str  # active, pending (not live yet), failed
+    endpoints: dict[str, str]  # dp_rank -> ZMQ address
+    listeners: dict[str, dict[str, str]]  # dp_rank -> {endpoint, status}
+    model_name: str
+
+
+class DynamoStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+    status: str
+    instance_id: InstanceId | None = None
+    removed_instances: list[str] | None = None
 
 
 class ErrorResponse(msgspec.Struct, frozen=True):
@@ -125,15 +284,27 @@ _ERRORS: Final = {
     "415": "Content-Type is not application/json",
     "422": "valid JSON of the wrong shape",
 }
+_TOKENIZE_ERRORS: Final = {
+    "502": "the engine answered /tokenize with an error or a malformed body",
+    "503": "no subscribed pod of the model to tokenize with, or none reachable",
+    "504": "the engine did not tokenize within --tokenize-timeout-seconds",
+}
 
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API."""
     (_, components) = msgspec.json.schema_components(
-        [MatchRequest, MatchResponse, PodsResponse, ErrorResponse, StatusResponse],
+        [
+            MatchRequest, MatchResponse, PodsResponse, ErrorResponse, StatusResponse,
+            HintRequest, HintResponse, ExplainResponse, DynamoQuery, DynamoScores,
+            DynamoRegister, DynamoUnregister, DynamoStatus, list[DynamoWorker],
+        ],
         ref_template="#/components/schemas/{name}",
-    )
+    )  # fmt: skip
     errors = {code: _json("ErrorResponse", text) for code, text in _ERRORS.items()}
+    tokenize_errors = {
+        code: _json("ErrorResponse", text) for code, text in _TOKENIZE_ERRORS.items()
+    }
     probe = {"200": _json("StatusResponse", "ok"), "503": _json("ErrorResponse", "not ok")}
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
@@ -142,12 +313,98 @@ def openapi() -> dict[str, Any]:
         "paths": {
             "/v1/match": {
                 "post": {
-                    "summary": "Endpoints holding the longest prefix of a prompt's token ids",
+                    "summary": "Endpoints holding the longest prefix of a request: token ids, "
+                    "a prompt or chat messages (tokenized by a pod of the model)",
                     "security": secured,
                     "requestBody": {"required": True, **_json("MatchRequest", "the query")},
-                    "responses": {"200": _json("MatchResponse", "the matches"), **errors},
+                    "responses": {
+                        "200": _json("MatchResponse", "the matches"),
+                        **errors,
+                        **tokenize_errors,
+                    },
                 }
             },
+            "/v1/hint": {
+                "post": {
+                    "summary": "Report a request's blocks as on their way to one endpoint "
+                    "(speculative_blocks in answers, for ttl_s)",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json("HintRequest", "the hint")},
+                    "responses": {
+                        "200": _json("HintResponse", "hinted"),
+                        "404": _json("ErrorResponse", "the pod is not subscribed"),
+                        **errors,
+                        **tokenize_errors,
+                    },
+                }
+            },
+            "/v1/explain": {
+                "post": {
+                    "summary": "Per endpoint of the model: matched blocks and why the run stops",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json("MatchRequest", "the query")},
+                    "responses": {
+                        "200": _json("ExplainResponse", "the explanation"),
+                        "501": _json("ErrorResponse", "the index backend cannot explain"),
+                        **errors,
+                        **tokenize_errors,
+                    },
+                }
+            },
+            "/query": {
+                "post": {
+                    "summary": "Dynamo's / Mooncake's overlap query (matched tokens per instance "
+                    "and DP rank); Mooncake's answer when the body names `model`",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json("DynamoQuery", "the query")},
+                    "responses": {"200": _json("DynamoScores", "the scores"), **errors},
+                }
+            },
+            "/register": {
+                "post": {
+                    "summary": "Subscribe to a publisher (Dynamo / Mooncake registration)",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json("DynamoRegister", "the publisher")},
+                    "responses": {
+                        "201": _json("DynamoStatus", "registered"),
+                        "409": _json("ErrorResponse", "the id is a discovered pod"),
+                        **errors,
+                    },
+                }
+            },
+            "/unregister": {
+                "post": {
+                    "summary": "Stop a registered publisher (every rank unless dp_rank)",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json("DynamoUnregister", "which")},
+                    "responses": {
+                        "200": _json("DynamoStatus", "unregistered"),
+                        "404": _json("ErrorResponse", "not registered"),
+                        **errors,
+                    },
+                }
+            },
+            "/workers": {
+                "get": {
+                    "summary": "Every instance, registered or discovered (Dynamo's shape)",
+                    "security": secured,
+                    "responses": {
+                        "200": {
+                            "description": "the instances",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/DynamoWorker"},
+                                    }
+                                }
+                            },
+                        },
+                        "401": errors["401"],
+                    },
+                }
+            },
+            "/health": {"get": {"summary": "Dynamo's liveness route", "responses": probe}},
             "/v1/pods": {
                 "get": {
                     "summary": "Subscribed endpoints and their state",

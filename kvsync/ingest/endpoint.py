@@ -8,8 +8,9 @@ events).
 """
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 import structlog
@@ -25,6 +26,10 @@ from kvsync.model import Endpoint, EndpointId, Event
 log = structlog.get_logger()
 
 
+REMOVAL_MEMORY: Final = 1024  # batches with removals remembered per endpoint (for explain)
+RESET_MEMORY: Final = 8  # resets remembered per endpoint
+
+
 class EndpointWriter:
     """The sequencer's writer for one endpoint: the backend's writes, and what they report.
 
@@ -38,6 +43,10 @@ class EndpointWriter:
         self.last_event: float | None = None  # time.monotonic() of the last applied batch
         self.rejected: Counter[str] = Counter()  # events the index refused, by reason (unsent)
         self.unknown_removed = 0  # (unsent) removals of blocks the endpoint did not hold
+        # (wall-clock now, seq) of the latest batches that removed blocks: explain names a
+        # removal the index remembers at ``now`` by its batch's seq
+        self.removals: deque[tuple[float, int]] = deque(maxlen=REMOVAL_MEMORY)
+        self.resets: deque[tuple[float, str]] = deque(maxlen=RESET_MEMORY)  # (wall, reason)
 
     def apply(
         self,
@@ -45,9 +54,13 @@ class EndpointWriter:
         context: EndpointContext,
         events: Sequence[Event],
         now: float,
-        seq: int,
+        seq: int | None = None,
     ) -> ApplyOutcome:
         result = self._backend.apply(endpoint, context, events, now, seq)
+        if seq is not None and result.removed_blocks:
+            self.removals.append((now, seq))
+        if result.cleared:  # the engine emptied its cache: explain tells it like a reset
+            self.resets.append((now, "all_blocks_cleared"))
         self.blocks = result.blocks_held
         self.last_event = time.monotonic()
         if result.rejected:
@@ -130,4 +143,5 @@ class Subscription:
             self.decode_errors,
             h.duplicates,
             dict(h.reset_reasons),
+            tuple(self.writer.resets),
         )

@@ -50,8 +50,9 @@ class SubscriberManager:
         *,
         settings: IngestSettings | None = None,
         on_lag: Callable[[float], None] | None = None,
+        on_reset: Callable[[EndpointId], object] | None = None,
     ) -> None:
-        self._backend, self._on_lag = backend, on_lag
+        self._backend, self._on_lag, self._on_reset = backend, on_lag, on_reset
         self._settings = settings or IngestSettings()
         self._commands: queue.SimpleQueue[Endpoint | EndpointId] = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -94,6 +95,14 @@ class SubscriberManager:
     def snapshot(self) -> IngestStats:
         with self._stats_lock:
             return self._totals.freeze(tuple(sub.stats() for sub in self._subs.values()))
+
+    def removal_seq(self, endpoint_id: EndpointId, at: float) -> int | None:
+        """The seq of ``endpoint_id``'s batch applied at wall-clock ``at`` that removed blocks,
+        if still remembered (the last ``REMOVAL_MEMORY`` such batches)."""
+        with self._stats_lock:
+            sub = self._subs.get(endpoint_id)
+            removals = () if sub is None else tuple(sub.writer.removals)
+        return next((seq for when, seq in reversed(removals) if when == at), None)
 
     def last_event_age(self, endpoint_id: EndpointId) -> float | None:
         """Seconds since the endpoint's last applied batch (None: unknown endpoint, or none yet)."""
@@ -194,6 +203,8 @@ class SubscriberManager:
             del self._subs[sub.endpoint.id]
         dropped = sub.handler.close()
         sub.log.info(event, dropped_blocks=dropped)
+        if self._on_reset is not None:
+            self._on_reset(sub.endpoint.id)
 
     def _close_sockets(self, sub: Subscription) -> None:
         self._close_replay(sub)
@@ -289,10 +300,14 @@ class SubscriberManager:
         with self._stats_lock:
             sub.state, sub.last_seq = state, sub.handler.last_seq
             self._totals.add(out)
+            for reason in out.resets:
+                writer.resets.append((now.wall, reason.value))
             if writer.rejected or writer.unknown_removed:
                 self._totals.add_index_rejections(writer.rejected, writer.unknown_removed)
                 writer.rejected.clear()
                 writer.unknown_removed = 0
+        if out.resets and self._on_reset is not None:
+            self._on_reset(sub.endpoint.id)
         if out.lags and self._on_lag is not None:
             for lag in out.lags:
                 self._on_lag(lag)

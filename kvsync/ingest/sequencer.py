@@ -81,10 +81,11 @@ class IndexWriter(Protocol[ContextT_contra]):
         context: ContextT_contra,
         events: Sequence[Event],
         now: float,
-        seq: int,
+        seq: int | None = None,
     ) -> object:
         """Apply one batch's events in order; ``now`` is wall-clock seconds (``Instant.wall``),
-        ``seq`` the batch's (a shared backend stores it with the blocks: see ``start``)."""
+        ``seq`` the batch's sequence number (what explain names a removal by; a shared backend
+        stores it with the blocks: see ``start``)."""
         ...
 
     def drop_endpoint(self, endpoint: EndpointId) -> int:

@@ -126,6 +126,7 @@ class EndpointStats:
     decode_errors: int
     duplicates: int = 0  # live copies of replayed batches, skipped
     reset_reasons: Mapping[str, int] = field(default_factory=dict)  # by ResetReason value
+    reset_log: tuple[tuple[float, str], ...] = ()  # the latest resets: (wall-clock s, reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ I/O edge, main thread. The fleet (``kvsync.sim``) publishes the real wire format
 the daemon (``kvsync.daemon.runtime.Daemon``) subscribes to it exactly as ``kvsync serve
 --endpoint`` would and serves its HTTP API on 127.0.0.1. Every ``--sample-seconds`` the demo pauses
 the traffic, waits until the daemon has applied every published batch, asks ``POST /v1/match``
-about a realistic prompt over HTTP and compares the answer with the fleet's ground truth.
+about a realistic prompt over HTTP and compares the answer with the fleet's ground truth. Each
+simulated pod also serves vLLM's ``/tokenize`` (``kvsync.sim.engine_http``), so the printed
+``curl`` asks by text prompt.
 
 On a terminal the view is a ``rich`` live table; otherwise one plain line per refresh. The run
 ends after ``--duration`` seconds or on Ctrl-C, with a final line
@@ -33,9 +35,15 @@ from kvsync.daemon.runtime import Daemon
 from kvsync.errors import KvsyncError
 from kvsync.model import EndpointId
 from kvsync.sim import Fleet, SimQuery
+from kvsync.sim.records import Request
 
 CATCH_UP_SECONDS: Final = 5.0
-CURL_TOKENS: Final = 64
+# A made-up text (the simulated tokenizer is trained on made-up words); no quotes: it is pasted
+# into a shell command between single quotes.
+CURL_PROMPT: Final = (
+    "You are a helpful assistant. Summarise the kalo mine rusa report for the tovi pedu "
+    "team, in three short points, and list the open questions at the end."
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -193,13 +201,12 @@ def _describe(sample: Sample) -> str:
 
 
 def _curl(url: str, fleet: Fleet) -> str:
-    """A ready-to-paste query about a prompt some pod holds (a sample may be a miss)."""
-    query = fleet.sample_query()
-    for _ in range(50):
-        if fleet.ground_truth(query):
-            break
-        query = fleet.sample_query()
-    body = json.dumps({**query.body(), "token_ids": list(query.token_ids[:CURL_TOKENS])})
+    """A ready-to-paste query by text prompt: one pod is sent the prompt first (tokenized by
+    the fleet's own tokenizer, as its engine's /tokenize does), so the answer is a hit."""
+    assert fleet.tokenizer is not None  # noqa: S101  # the demo's fleet serves /tokenize
+    tokens = fleet.tokenizer.encode(CURL_PROMPT)
+    fleet.submit(fleet.ids[0], Request(prompt=tuple(tokens)))
+    body = json.dumps({"model": fleet.model, "prompt": CURL_PROMPT})
     return f"curl -s {url}/v1/match -H 'content-type: application/json' -d '{body}'"
 
 
@@ -233,7 +240,8 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         sys.stderr.write("kvsync demo: --pods must be >= 1 and --duration > 0\n")
         return 2
     logs.configure(level="error", fmt="console", stream=sys.stderr)  # keep the view readable
-    with Fleet(pods=options.pods, dp_sizes=(1, 2, 1, 1), seed=options.seed) as fleet:
+    fleet = Fleet(pods=options.pods, dp_sizes=(1, 2, 1, 1), seed=options.seed, engine_http=True)
+    with fleet:
         settings = Settings(
             discovery="static",
             endpoint=tuple(fleet.endpoints()),

@@ -14,6 +14,11 @@ base + r for both sockets: the live ports are ``base .. base+dp-1``, the replay 
 ``base+10 .. base+10+dp-1``; with ``base_port`` pod i uses ``base = base_port + 20*i``, without
 it each pod picks a random free base (retrying if taken).
 
+With ``engine_http=True`` each pod also runs its engine's HTTP server
+(``kvsync.sim.engine_http.EngineHttpServer``: vLLM's ``/tokenize`` over ``fleet.tokenizer``, a
+BPE trained on the fly) and its endpoints carry that address (``Endpoint.engine``);
+``fleet.engine_server(pod)`` gives it, to add routes or break it in a test.
+
 Threads: the caller's (``step``, ``submit``, ``clear``, ``restart``), each publisher's own, and
 with ``start()`` one traffic thread that calls ``step`` at a rate. One lock serialises engine
 state, so ``ground_truth`` may be called at any time; it is exact once the fleet is quiescent
@@ -34,9 +39,11 @@ from kvsync.model import BlockStored, EndpointId, Event
 from kvsync.model import Endpoint as DaemonEndpoint
 from kvsync.sim import ports
 from kvsync.sim.engine import Engine
+from kvsync.sim.engine_http import EngineHttpServer
 from kvsync.sim.eras import Era
 from kvsync.sim.publisher import Publisher
 from kvsync.sim.records import Adapter, Request, SimError, SimQuery
+from kvsync.sim.tokenizer import SimTokenizer
 from kvsync.sim.traffic import Traffic
 from kvsync.sim.workload import Mix, PromptLibrary, QuerySampler, Workload
 
@@ -78,6 +85,7 @@ class Fleet:
         xpub: bool = True,
         name_prefix: str = "sim/vllm-",
         recent_requests: int = 512,
+        engine_http: bool = False,
     ) -> None:
         """``dp_sizes`` and ``eras`` cycle over the pods; ``topic`` may use {pod} and {model}."""
         self.model = model
@@ -100,9 +108,18 @@ class Fleet:
         self._endpoints: dict[EndpointId, SimEndpoint] = {}
         self._daemon_endpoints: list[DaemonEndpoint] = []
         self._traffic: Traffic | None = None
+        self._engine_servers: dict[str, EngineHttpServer] = {}
+        self.tokenizer = SimTokenizer.trained(seed) if engine_http else None
         try:
             for index in range(pods):
                 pod = f"{name_prefix}{index}"
+                if self.tokenizer is not None:
+                    self._engine_servers[pod] = EngineHttpServer(
+                        model=model,
+                        tokenizer=self.tokenizer,
+                        adapters=() if adapter is None else (adapter.name,),
+                        max_model_len=num_blocks * block_size,
+                    )
                 era = Era(eras[index % len(eras)])
                 pod_topic = topic.format(pod=pod, model=model)
 
@@ -153,6 +170,7 @@ class Fleet:
             self._library, seed=seed * 1000 + number, adapter=self._adapter, salts=salts
         )
         self._endpoints[endpoint_id] = SimEndpoint(endpoint_id, engine, workload, publisher)
+        server = self._engine_servers.get(pod)
         self._daemon_endpoints.append(
             DaemonEndpoint(
                 id=endpoint_id,
@@ -160,6 +178,7 @@ class Fleet:
                 pub=publisher.pub_address,
                 replay=publisher.replay_address,
                 topic=publisher.topic,
+                engine=None if server is None else server.url,
             )
         )
 
@@ -175,6 +194,13 @@ class Fleet:
     def endpoint_specs(self) -> list[str]:
         """The same as ``kvsync serve --endpoint`` specs (one per pod, ``dp_size`` when > 1)."""
         return ports.endpoint_specs(self._daemon_endpoints)
+
+    def engine_server(self, pod: str) -> EngineHttpServer:
+        """The engine HTTP server of ``pod`` (``engine_http=True`` only)."""
+        server = self._engine_servers.get(pod)
+        if server is None:
+            raise SimError(f"no engine HTTP server for {pod!r} (Fleet(engine_http=True))")
+        return server
 
     def publisher(self, endpoint: EndpointId) -> Publisher:
         return self._endpoints[endpoint].publisher
@@ -289,6 +315,8 @@ class Fleet:
         finally:
             for sim in self._endpoints.values():
                 sim.publisher.close()
+            for server in self._engine_servers.values():
+                server.close()
             if not self._ctx.closed:
                 self._ctx.term()
 

@@ -65,5 +65,7 @@ def endpoint_specs(endpoints: Sequence[Endpoint]) -> list[str]:
             spec += f",dp_size={ranks}"
         if endpoint.topic:
             spec += f",topic={endpoint.topic}"
+        if endpoint.engine:  # http://host:port, on the pub host
+            spec += f",engine_port={endpoint.engine.rpartition(':')[2]}"
         specs.append(spec)
     return specs

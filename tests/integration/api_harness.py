@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from kvsync import metrics
 from kvsync.http import schemas, server
 from kvsync.http.app import Api, ApiSettings, create_app
+from kvsync.http.dynamo import DynamoApi
 from kvsync.index import values
 from kvsync.index.memory import index
 from kvsync.index.memory.backend import MemoryBackend
@@ -121,6 +122,13 @@ def running_api(
                 max_query_tokens=max_query_tokens,
                 api_token=token,
                 body_timeout_s=body_timeout_s,
+            ),
+            dynamo=DynamoApi(
+                reader=backend,
+                endpoints=tuple,
+                register=lambda _endpoint: None,
+                unregister=lambda _endpoint: None,
+                max_query_tokens=max_query_tokens,
             ),
         )
     )

@@ -56,12 +56,17 @@ def test_match_answers_every_holder_best_first(client: httpx.Client) -> None:
         "query_blocks": 3,
         "matches": [
             {"pod": "default/vllm-a", "dp_rank": 0, "matched_blocks": 3, "matched_tokens": 12,
-             "percent": 100, "score": 3.0, "by_medium": {"GPU": 3}, "last_event_age_s": 0.25},
+             "percent": 100, "score": 3.0, "by_medium": {"GPU": 3}, "last_event_age_s": 0.25,
+             "speculative_blocks": 0},
             {"pod": "default/vllm-b", "dp_rank": 1, "matched_blocks": 2, "matched_tokens": 8,
-             "percent": 66, "score": 2.0, "by_medium": {"GPU": 2}, "last_event_age_s": 1.5},
+             "percent": 66, "score": 2.0, "by_medium": {"GPU": 2}, "last_event_age_s": 1.5,
+             "speculative_blocks": 0},
             {"pod": "default/vllm-c", "dp_rank": 0, "matched_blocks": 1, "matched_tokens": 4,
-             "percent": 33, "score": 0.8, "by_medium": {"CPU": 1}, "last_event_age_s": None},
+             "percent": 33, "score": 0.8, "by_medium": {"CPU": 1}, "last_event_age_s": None,
+             "speculative_blocks": 0},
         ],
+        "token_count": 14,
+        "tokenized": None,
     }  # fmt: skip
 
 
@@ -84,7 +89,8 @@ def test_pods_filter_keeps_every_rank_of_the_named_pods(client: httpx.Client) ->
 def test_unknown_model_or_adapter_is_an_empty_answer(client: httpx.Client) -> None:
     unknown = _match(client, model="other").json()
     assert unknown == {"model": "other", "lora_name": None, "block_size": 16,
-                       "query_blocks": 0, "matches": []}  # fmt: skip
+                       "query_blocks": 0, "matches": [], "token_count": 12,
+                       "tokenized": None}  # fmt: skip
     adapter = _match(client, lora_name="sql-lora").json()
     assert (adapter["lora_name"], adapter["matches"]) == ("sql-lora", [])
 
@@ -150,7 +156,20 @@ def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
         ([1, 2], "Expected `object`"),
         ("text", "Expected `object`"),
         ({"token_ids": [1]}, "missing required field `model`"),
-        ({"model": "m"}, "missing required field `token_ids`"),
+        ({"model": "m"}, "give one of token_ids, prompt or messages"),
+        ({"model": "m", "token_ids": [1], "prompt": "x"}, "give one of token_ids, prompt"),
+        ({"model": "m", "prompt": "x", "messages": []}, "give one of token_ids, prompt"),
+        ({"model": "m", "messages": []}, "messages is empty"),
+        ({"model": "m", "messages": [{"content": "x"}]}, "messages[0] has no string role"),
+        ({"model": "m", "prompt": 3}, "Expected `str | null`"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "continue_final_message": True,
+            },
+            "exclude each other",
+        ),
         ({"model": "m", "token_ids": [1], "extra": 1}, "unknown field `extra`"),
         ({"model": "m", "token_ids": ["1"]}, "Expected `int`, got `str`"),
         ({"model": "m", "token_ids": [1.0]}, "Expected `int`, got `float`"),
@@ -158,7 +177,7 @@ def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
         ({"model": "m", "token_ids": [-1]}, ">= 0"),
         ({"model": "m", "token_ids": [2**32]}, "<= 4294967295"),
         ({"model": "m", "token_ids": [10**30]}, "<= 4294967295"),
-        ({"model": "m", "token_ids": "123"}, "Expected `array`"),
+        ({"model": "m", "token_ids": "123"}, "Expected `array | null`"),
         ({"model": 7, "token_ids": [1]}, "Expected `str`"),
         ({"model": "m", "token_ids": [1], "lora_id": "3"}, "Expected `int | null`"),
         ({"model": "m", "token_ids": [1], "pods": "vllm-a"}, "Expected `array | null`"),
@@ -330,16 +349,20 @@ def test_openapi_document_describes_the_api(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
-        "/v1/match", "/v1/pods", "/livez", "/readyz", "/metrics"
+        "/v1/match", "/v1/pods", "/v1/hint", "/v1/explain", "/livez", "/readyz", "/metrics",
+        "/query", "/register", "/unregister", "/workers", "/health",
     }  # fmt: skip
     request = document["components"]["schemas"]["MatchRequest"]
-    assert set(request["required"]) == {"model", "token_ids"}
-    assert request["properties"]["token_ids"]["items"] == {
+    assert set(request["required"]) == {"model"}
+    assert {"token_ids", "prompt", "messages", "add_generation_prompt"} <= set(
+        request["properties"]
+    )
+    assert request["properties"]["token_ids"]["anyOf"][0]["items"] == {
         "type": "integer", "minimum": 0, "exclusiveMaximum": 2**32
     }  # fmt: skip
     response = document["components"]["schemas"]["MatchResponse"]
     assert set(response["properties"]) == {
-        "model", "lora_name", "block_size", "query_blocks", "matches"
+        "model", "lora_name", "block_size", "query_blocks", "matches", "token_count", "tokenized"
     }  # fmt: skip
 
 

@@ -124,11 +124,59 @@ def test_near_valid_bodies(client: httpx.Client, value: dict[str, Any]) -> None:
     _check(client, client.post("/v1/match", json=value))
 
 
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+near_valid_other = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.one_of(st.just(MODEL), st.text(max_size=10), st.integers(), st.none()),
+        "model_name": st.one_of(st.just(MODEL), st.text(max_size=10), st.integers(), st.none()),
+        "token_ids": st.one_of(token_ids, st.text(max_size=5), st.integers()),
+        "instance_id": st.one_of(st.integers(), st.text(max_size=8), FINITE, st.none()),
+        "endpoint": st.one_of(st.just("tcp://127.0.0.1:1"), st.text(max_size=12), st.integers()),
+        "dp_rank": st.one_of(st.integers(min_value=-5, max_value=5000), st.text(max_size=2)),
+        "block_size": st.one_of(st.integers(min_value=-5, max_value=64), st.none()),
+        "pod": st.one_of(st.text(max_size=10), st.integers()),
+        "ttl_s": st.one_of(FINITE, st.integers(), st.text(max_size=3)),
+        "tenant_id": st.one_of(st.text(max_size=6), st.none()),
+    },
+)
+
+
+@SETTINGS
+@given(
+    path=st.sampled_from(["/query", "/register", "/unregister", "/v1/hint", "/v1/explain"]),
+    value=near_valid_other,
+)
+def test_near_valid_bodies_on_the_other_routes(
+    client: httpx.Client, path: str, value: dict[str, Any]
+) -> None:
+    response = client.post(path, json=value)
+    assert response.status_code < 500, response.text
+    assert list(response.json()) == ["error"] or response.status_code in (200, 201)
+    _check(client, client.get("/livez"))
+
+
 @SETTINGS
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
     path=st.one_of(
-        st.sampled_from(["/v1/match", "/v1/pods", "/livez", "/readyz", "/metrics", "/"]),
+        st.sampled_from(
+            [
+                "/v1/match",
+                "/v1/pods",
+                "/v1/hint",
+                "/v1/explain",
+                "/livez",
+                "/readyz",
+                "/metrics",
+                "/query",
+                "/register",
+                "/unregister",
+                "/workers",
+                "/health",
+                "/",
+            ]
+        ),
         st.text(
             alphabet=st.characters(
                 min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#%"

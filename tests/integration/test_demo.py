@@ -81,6 +81,7 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
         )
         assert answer.status_code == 200
         assert answer.json()["matches"], "the printed example should hit a cached prefix"
+        assert answer.json()["tokenized"]["pod"], "the example asks by text prompt"
         demo.send_signal(signal.SIGINT)
         out, err = demo.communicate(timeout=30)
     finally:

@@ -120,6 +120,8 @@ def test_sigterm_turns_readyz_503_drains_and_exits_0() -> None:
                     return len(pods) == 2 and sum(p["blocks"] for p in pods) > 0
 
                 poll(ingested, what="blocks in /v1/pods")
+                pods = http.get("/v1/pods", headers=auth).json()["pods"]
+                assert {p["engine"] for p in pods} == {"http://127.0.0.1:8000"}  # --engine-port
                 scraped = http.get("/metrics").text  # scrape-time values from the live daemon
                 assert 'kvsync_endpoints{state="live"} 2.0' in scraped
                 assert 'kvsync_blocks_applied_total{type="stored"} 0.0' not in scraped

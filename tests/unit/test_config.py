@@ -92,6 +92,16 @@ def test_repeatable_flags_and_their_env_lists() -> None:
     assert {e.id.pod for e in by_flags.endpoint} == {"pod-b"}
 
 
+def test_engine_port_is_the_default_of_static_specs_that_do_not_name_one() -> None:
+    given = f"{SPEC_A},engine_port=7000"
+    by_flag = config.load(["--engine-port", "9000", "--endpoint", SPEC_A, "--endpoint", SPEC_B], {})
+    assert by_flag.engine_port == 9000
+    assert {e.engine for e in by_flag.endpoint} == {"http://127.0.0.1:9000"}
+    by_env = config.load(["--endpoint", given], {"KVSYNC_ENGINE_PORT": "9100"})
+    assert [e.engine for e in by_env.endpoint] == ["http://127.0.0.1:7000"]
+    assert config.load(["--endpoint", SPEC_A], {}).endpoint[0].engine == "http://127.0.0.1:8000"
+
+
 def test_medium_weights_parse_into_a_mapping() -> None:
     settings = config.load(["--medium-weights", "GPU=1,STORAGE=0.25, * = 0"], {})
     assert dict(settings.medium_weights) == {"GPU": 1.0, "STORAGE": 0.25, "*": 0.0}

@@ -67,8 +67,22 @@ def test_labelled_pod_gives_one_endpoint_on_the_default_port() -> None:
             lora_id=None,
             topic="",
             generation="uid-1:0",
+            engine="http://10.0.0.7:8000",
         )
     ]
+
+
+def test_engine_port_annotation_and_default_give_the_engine_address_of_every_rank() -> None:
+    notes = {"kvsync.io/engine-port": "9000", "kvsync.io/dp-size": "2"}
+    found = endpoints_of(pod_json(annotations=notes))
+    assert not isinstance(found, Skipped)
+    assert [e.engine for e in found] == ["http://10.0.0.7:9000"] * 2
+    defaulted = endpoints_of(pod_json(), PodDefaults(engine_port=8100))
+    assert not isinstance(defaulted, Skipped)
+    assert [e.engine for e in defaulted] == ["http://10.0.0.7:8100"]
+    bad = endpoints_of(pod_json(annotations={"kvsync.io/engine-port": "70000"}))
+    assert isinstance(bad, Skipped)
+    assert bad.reason is SkipReason.BAD_ANNOTATION
 
 
 # (case, labels, annotations, ip, defaults) → [(dp_rank, pub, replay, model, lora_id, topic)]

@@ -15,9 +15,25 @@ from kvsync.model import Endpoint, EndpointId
 def test_minimal_spec_gives_one_endpoint_with_defaults() -> None:
     [endpoint] = parse_endpoint_spec("name=pod-a,model=demo,pub=tcp://127.0.0.1:5557")
     assert endpoint == Endpoint(
-        id=EndpointId("pod-a", 0), model="demo", pub="tcp://127.0.0.1:5557", replay=None
+        id=EndpointId("pod-a", 0),
+        model="demo",
+        pub="tcp://127.0.0.1:5557",
+        replay=None,
+        engine="http://127.0.0.1:8000",
     )
     assert (endpoint.lora_id, endpoint.topic, endpoint.generation) == (None, "", "")
+
+
+def test_engine_is_on_the_pub_host_at_engine_port_or_the_callers_default_for_every_rank() -> None:
+    ranks = parse_endpoint_spec("name=a,model=m,pub=tcp://10.0.0.7:5557,dp_size=2,engine_port=9000")
+    assert [e.engine for e in ranks] == ["http://10.0.0.7:9000"] * 2
+    [v6] = parse_endpoint_spec("name=a,model=m,pub=tcp://[::1]:5557", engine_port=8100)
+    assert v6.engine == "http://[::1]:8100"
+    [given] = parse_endpoints_document(
+        '[{"name": "a", "model": "m", "pub": "tcp://h:1", "engine_port": 7000}]', engine_port=1
+    )
+    [defaulted] = parse_endpoints_document('[{"name": "a", "model": "m", "pub": "tcp://h:1"}]')
+    assert (given.engine, defaulted.engine) == ("http://h:7000", "http://h:8000")
 
 
 def test_dp_size_puts_each_rank_on_base_port_plus_rank_for_both_addresses() -> None:
@@ -58,6 +74,8 @@ def test_ipv6_host_in_brackets_and_dns_names_are_kept() -> None:
         ("name=a,model=m,pub=tcp://[zz::1]:5557", "invalid IPv6 host"),
         ("name=a,model=m,pub=tcp://*:5557", "invalid host"),
         ("name=a,model=m,pub=tcp://h:0", "pub port must be in [1, 65535]"),
+        ("name=a,model=m,pub=tcp://h:1,engine_port=0", "engine_port must be in [1, 65535]"),
+        ("name=a,model=m,pub=tcp://h:1,engine_port=x", "engine_port must be an integer"),
         ("name=a,model=m,pub=tcp://h:65536", "pub port must be in [1, 65535]"),
         ("name=a,model=m,pub=tcp://h:x1", "pub port must be an integer"),
         ("name=a,model=m,pub=tcp://h:1,replay=tcp://other:2", "differs from pub host"),

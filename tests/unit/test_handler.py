@@ -49,9 +49,15 @@ class RecordingWriter:
     held: int = 0
 
     def apply(
-        self, endpoint: EndpointId, context: str, events: Sequence[Event], now: float, seq: int
+        self,
+        endpoint: EndpointId,
+        context: str,
+        events: Sequence[Event],
+        now: float,
+        seq: int | None = None,
     ) -> None:
         assert endpoint == EP
+        assert seq is not None
         self.contexts.append(context)
         for event in events:
             if isinstance(event, BlockRemoved):

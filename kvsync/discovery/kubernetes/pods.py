@@ -7,8 +7,9 @@ a ``Skipped`` value whose ``reason`` is a metric label.
 - ``read_pod(raw)`` reads a pod as the API serialises it (a JSON mapping with camelCase keys, e.g. a
   watch event's object) into a ``PodView``.
 - ``pod_endpoints(view, defaults)`` gives one ``Endpoint`` per data-parallel rank. The model comes
-  from the model label, else the annotation of the same key; ports, DP size and topic from
-  ``kvsync.io/*`` annotations over the defaults (``PodDefaults``: the one home of those defaults).
+  from the model label, else the annotation of the same key; ports (KV events, replay, and the
+  engine's HTTP server: ``kvsync.io/engine-port``), DP size and topic from ``kvsync.io/*``
+  annotations over the defaults (``PodDefaults``: the one home of those defaults).
   A pod is subscribed once it has an IP and is not terminating (never waiting for Ready: warm-up
   events matter). ``generation`` is the pod uid plus its total container restarts, so a restarted
   container purges that pod's blocks.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kvsync.discovery.endpoints import (
+    DEFAULT_ENGINE_PORT,
     DP_SIZE_MAX,
     PORT_MAX,
     host_for_url,
@@ -33,6 +35,7 @@ PUB_PORT_ANNOTATION: Final = "kvsync.io/pub-port"
 REPLAY_PORT_ANNOTATION: Final = "kvsync.io/replay-port"
 DP_SIZE_ANNOTATION: Final = "kvsync.io/dp-size"
 TOPIC_ANNOTATION: Final = "kvsync.io/topic"
+ENGINE_PORT_ANNOTATION: Final = "kvsync.io/engine-port"  # vLLM's HTTP server (OpenAI API)
 LORA_MAX: Final = 2**63 - 1
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})  # the pod's IP may be reused
 
@@ -85,6 +88,7 @@ class PodDefaults:
     replay_port: int | None = None
     dp_size: int = 1
     topic: str = ""
+    engine_port: int = DEFAULT_ENGINE_PORT
     model_label: str = "model.aibrix.ai/name"
     lora_label: str = "model.aibrix.ai/lora-id"
 
@@ -169,6 +173,7 @@ def pod_endpoints(view: PodView, defaults: PodDefaults) -> list[Endpoint] | Skip
             replay_port = number(REPLAY_PORT_ANNOTATION, defaults.replay_port or 0)
         pub_port = number(PUB_PORT_ANNOTATION, defaults.pub_port)
         dp_size = number(DP_SIZE_ANNOTATION, defaults.dp_size, DP_SIZE_MAX)
+        engine_port = number(ENGINE_PORT_ANNOTATION, defaults.engine_port)
         return rank_endpoints(
             view.key,
             model.strip(),
@@ -179,6 +184,7 @@ def pod_endpoints(view: PodView, defaults: PodDefaults) -> list[Endpoint] | Skip
             lora_id=lora_id,
             topic=notes.get(TOPIC_ANNOTATION, defaults.topic),
             generation=f"{view.uid}:{view.restarts}",
+            engine_port=engine_port,
         )
     except ValueError as exc:
         return Skipped(SkipReason.BAD_ANNOTATION, str(exc))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from kvsync.index.backend import BackendSettings, LockHook
+from kvsync.index.explain import Explanation
 from kvsync.index.memory.index import MemoryStats, PrefixIndex
 from kvsync.index.values import ApplyOutcome, EndpointContext, MatchResult, Query
 from kvsync.model import EndpointId, Event
@@ -74,6 +75,11 @@ class MemoryBackend:
     def blocks_held(self, endpoint: EndpointId) -> int:
         with self.lock:
             return self.index.blocks_held(endpoint)
+
+    def explain(self, query: Query, now: float) -> Explanation:
+        """The explain capability (``kvsync.index.explain.Explaining``): one lookup's lock."""
+        with self.lock:
+            return self.index.explain(query, now)
 
     def stats(self) -> MemoryStats:
         with self.lock:

@@ -161,13 +161,15 @@ class Context:
             self._strip(key, slot)
         return held
 
-    def evict_lru(self, target: int) -> int:
+    def evict_lru(self, target: int, evicted_keys: list[int] | None = None) -> int:
         """Evict least recently stored leaf keys until at most ``target`` remain; returns how
         many (an inner key met on the way moves to the recent end: its subtree was used at
-        least as recently as itself)."""
-        if not self.copies:
+        least as recently as itself). With ``evicted_keys``, the keys go there too."""
+        if not self.copies and evicted_keys is None:
             return self.table.evict(target)
         evicted = self.table.evict_keys(target)
+        if evicted_keys is not None:
+            evicted_keys.extend(evicted)
         for key in evicted:
             detail = self.copies.pop(key, None)
             if detail is not None:

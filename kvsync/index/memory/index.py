@@ -29,13 +29,14 @@ least recently used first (an event or a lookup refreshes one) and evicted as a 
 """
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Final
 
 from kvsync.index import keys
+from kvsync.index.explain import BlockMemory, EndpointRun, Explanation
 from kvsync.index.keys import u64, u64s
 from kvsync.index.memory import lookup
 from kvsync.index.memory.context import PLAIN, Context, Copy
@@ -62,6 +63,8 @@ from kvsync.model import (
     Event,
 )
 
+DEFAULT_REMEMBER: Final = 65_536  # removed / evicted blocks remembered for explain
+_GONE_CONTEXTS: Final = 1024  # evicted contexts remembered for explain
 _LOW_WATERMARK: Final = 0.97  # evict a little below the limit so eviction runs in bursts
 
 UNKNOWN_PARENT: Final = "unknown_parent"
@@ -109,8 +112,17 @@ class PrefixIndex:
         limits: Limits = DEFAULT_LIMITS,
         medium_weights: Mapping[str, float] = DEFAULT_MEDIUM_WEIGHTS,
         default_block_size: int = DEFAULT_BLOCK_SIZE,
+        remember: int = DEFAULT_REMEMBER,
     ) -> None:
         self.limits = limits
+        # For explain, capped, oldest forgotten first: (context, key, slot; -1 for every slot)
+        # of blocks removed or evicted, and contexts evicted whole. 0 turns both off.
+        self.remember = remember
+        # Runs of keys, as released (one append per removal run, no per-block Python work on
+        # the ingest path): (context, slot or -1, keys, what happened); explain scans it.
+        self._memory: deque[tuple[ContextKey, int, list[int], BlockMemory]] = deque()
+        self._remembered = 0  # keys in _memory
+        self._gone: OrderedDict[ContextKey, BlockMemory] = OrderedDict()
         self.evictions: dict[str, int] = {}
         self._contexts: OrderedDict[ContextKey, Context] = OrderedDict()  # least recent first
         self._sizes: dict[tuple[str, Adapter], list[int]] = {}  # block sizes per context
@@ -196,7 +208,9 @@ class PrefixIndex:
         while len(self._contexts) >= self.limits.max_contexts:
             oldest = next(iter(self._contexts))
             self._count("max_contexts", len(self._contexts[oldest].table), evicted)
+            self._context_gone(oldest, "max_contexts", now)
             self._drop_context(oldest)
+        self._gone.pop(ctx_key, None)
         ctx = self._contexts[ctx_key] = Context(ctx_key[2], now)
         self._sizes.setdefault(ctx_key[:2], []).append(ctx_key[2])
         return ctx
@@ -228,11 +242,50 @@ class PrefixIndex:
             if ctx.last_used > deadline:
                 break
             self._count("idle_ttl", len(ctx.table), evicted)
+            self._context_gone(ctx_key, "idle_ttl", now)
             self._drop_context(ctx_key)
         self._stamp_floor = math.inf
         for ctx in contexts.values():
             self._lower_floor(ctx.last_used)
         self._lower_floor(now)  # match stamps contexts with it next
+
+    def _context_gone(self, ctx_key: ContextKey, reason: str, now: float) -> None:
+        if self.remember:
+            self._gone[ctx_key] = BlockMemory("evicted", now, reason)
+            if len(self._gone) > _GONE_CONTEXTS:
+                self._gone.popitem(last=False)
+
+    def _remember(
+        self, ctx_key: ContextKey, block_keys: list[int], slot: int, memo: BlockMemory
+    ) -> None:
+        """Remember ``block_keys`` (the list is kept as it is); the oldest go past the cap."""
+        if not block_keys:
+            return
+        memory = self._memory
+        memory.append((ctx_key, slot, block_keys, memo))
+        self._remembered += len(block_keys)
+        excess = self._remembered - self.remember
+        while excess > 0:
+            oldest = memory[0][2]
+            if len(oldest) <= excess:
+                memory.popleft()
+                self._remembered -= len(oldest)
+                excess -= len(oldest)
+            else:
+                del oldest[:excess]
+                self._remembered -= excess
+                excess = 0
+
+    def remembered(self) -> int:
+        """Removed or evicted keys remembered for explain (at most ``remember``)."""
+        return self._remembered
+
+    def _memory_of(self, ctx_key: ContextKey, key: int, slot: int) -> BlockMemory | None:
+        """The latest thing remembered of ``key`` for ``slot`` (or every slot) in ``ctx_key``."""
+        for where, whose, block_keys, memo in reversed(self._memory):
+            if where == ctx_key and whose in (slot, -1) and key in block_keys:
+                return memo
+        return None
 
     def _count(self, reason: str, n: int, evicted: dict[str, int]) -> None:
         if n:
@@ -371,8 +424,11 @@ class PrefixIndex:
             stored_into.add(ctx_key)
         limit = self.limits.max_keys_per_context
         if len(ctx.table) > limit:
-            evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK))
+            gone: list[int] | None = [] if self.remember else None
+            evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK), gone)
             self._count("max_keys", evicted, out.evicted)
+            if gone:
+                self._remember(ctx_key, gone, -1, BlockMemory("evicted", now, "max_keys"))
 
     def _removed(
         self, slot: int, engine_hashes: list[int], copy: Copy, now: float, out: ApplyOutcome
@@ -383,7 +439,12 @@ class PrefixIndex:
             (ctx_key,) = stored_into
             ctx = by_key[ctx_key]
             if not ctx.copies:
-                removed, missing = ctx.table.remove_plain(slot, engine_hashes)
+                if self.remember:
+                    released: list[int] = []
+                    removed, missing = ctx.table.remove_plain(slot, engine_hashes, released)
+                    self._remember(ctx_key, released, slot, BlockMemory("removed", now))
+                else:
+                    removed, missing = ctx.table.remove_plain(slot, engine_hashes)
                 out.removed_blocks += removed
                 out.unknown_removed += len(missing)
                 if len(missing) < len(engine_hashes):
@@ -401,7 +462,10 @@ class PrefixIndex:
                 key = ctx.resolve(slot, engine_hash)
                 if key is not None:
                     resolved = True
-                    out.removed_blocks += ctx.remove(slot, engine_hash, key, copy)
+                    released_one = ctx.remove(slot, engine_hash, key, copy)
+                    out.removed_blocks += released_one
+                    if released_one and self.remember:
+                        self._remember(ctx_key, [key], slot, BlockMemory("removed", now))
                     by_key.move_to_end(ctx_key)
                     ctx.last_used = now
             if not resolved:
@@ -449,3 +513,33 @@ class PrefixIndex:
         matches = lookup.ordered(best, self._ranks())
         bs = matches[0].block_size if matches else sizes[0]
         return MatchResult(bs, len(query.token_ids) // bs, matches)
+
+    def explain(self, query: Query, now: float) -> Explanation:
+        """``match``, plus every endpoint of the context and what stopped its run
+        (``kvsync.index.explain``). Costs a lookup and the query's keys."""
+        result = self.match(query, now)
+        adapter: Adapter = query.lora_name if query.lora_name is not None else query.lora_id
+        bs = result.block_size
+        ctx_key = (query.model, adapter, bs)
+        if ctx_key not in self._contexts:
+            gone = [m for k, m in self._gone.items() if k[:2] == (query.model, adapter)]
+            return Explanation(bs, result.query_blocks, (), gone[-1] if gone else None)
+        query_keys = keys.query_keys(query.token_ids, bs, query.cache_salt)
+        matched = {m.endpoint: m.matched_blocks for m in result.matches if m.block_size == bs}
+        order = [m.endpoint for m in result.matches if m.endpoint in matched]
+        rest = sorted(
+            endpoint
+            for slot, contexts in self._in.items()
+            if ctx_key in contexts
+            and (endpoint := self._endpoint_at[slot]) is not None
+            and endpoint not in matched
+            and (query.pods is None or endpoint.pod in query.pods)
+        )
+        runs = []
+        for endpoint in [*order, *rest]:
+            run = matched.get(endpoint, 0)
+            memo = None
+            if run < len(query_keys):
+                memo = self._memory_of(ctx_key, query_keys[run], self._slot_of[endpoint])
+            runs.append(EndpointRun(endpoint, run, run, memo))
+        return Explanation(bs, result.query_blocks, runs)
