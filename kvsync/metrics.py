@@ -158,6 +158,9 @@ class Snapshot:
     index_contexts: int = 0
     index_keys: int = 0
     evictions: Mapping[str, int] = field(default_factory=dict)  # by reason
+    shard_index: int = 0
+    shard_count: int = 1
+    endpoints_skipped: int = 0  # discovered endpoints another shard subscribes to
 
 
 ENDPOINT_STATES: Final = tuple(state.value for state in EndpointState)  # each one always shown
@@ -233,6 +236,18 @@ class SnapshotCollector(Collector):
             "kvsync_index_evictions", "Blocks evicted by the index, by reason", "reason",
             snap.evictions,
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "kvsync_shard_index", "This replica's shard (--shard-index)", value=snap.shard_index
+        )
+        yield GaugeMetricFamily(
+            "kvsync_shard_count", "Shards sharing the endpoints (--shard-count)",
+            value=snap.shard_count,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "kvsync_endpoints_skipped",
+            "Discovered endpoints another shard subscribes to (not subscribed here)",
+            value=snap.endpoints_skipped,
+        )
 
 
 def registry(snapshot: Callable[[], Snapshot] | None = None) -> CollectorRegistry:

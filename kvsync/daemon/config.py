@@ -45,6 +45,7 @@ DEFAULT_MEDIUM_WEIGHTS: Final = {
     **values.DEFAULT_MEDIUM_WEIGHTS,
     values.ANY_MEDIUM: values.OTHER_MEDIUM_WEIGHT,
 }
+MAX_SHARDS: Final = 1024
 _LIMITS: Final = values.DEFAULT_LIMITS
 _POD: Final = PodDefaults()
 
@@ -83,6 +84,8 @@ class Settings:
         default_factory=lambda: MappingProxyType(dict(DEFAULT_MEDIUM_WEIGHTS))
     )
     index_backend: str = DEFAULT_BACKEND
+    shard_count: int = 1
+    shard_index: int = 0
     max_contexts: int = _LIMITS.max_contexts
     max_prefixes_per_context: int = _LIMITS.max_keys_per_context
     # The idle-context sweep; capacity eviction happens as events arrive.
@@ -168,6 +171,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("default_block_size", int_in(1, 1 << 16), "block size answered for unknown models"),
     Option("medium_weights", medium_weights, "score weight per medium ('*' = any other)"),
     Option("index_backend", choice(*BACKENDS), "where the prefix index lives (memory: in-process)"),
+    Option("shard_count", int_in(1, MAX_SHARDS),
+           "replicas sharing the endpoints: each subscribes to its share (rendezvous hashing)"),
+    Option("shard_index", int_in(0, MAX_SHARDS - 1), "this replica's shard, in [0, shard count)"),
     Option("max_contexts", int_in(1, 1 << 31), "most (model, LoRA) contexts kept",
            aibrix="AIBRIX_SYNC_MAX_CONTEXTS"),
     Option("max_prefixes_per_context", int_in(1, 1 << 40), "most blocks kept per context",
@@ -278,6 +284,11 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("--endpoint / --endpoints-file need --discovery static")
     if settings.api_token is not None and settings.api_token_file is not None:
         raise ConfigError("give --api-token or --api-token-file, not both")
+    if settings.shard_index >= settings.shard_count:
+        raise ConfigError(
+            f"--shard-index (KVSYNC_SHARD_INDEX) {settings.shard_index} must be below "
+            f"--shard-count (KVSYNC_SHARD_COUNT) {settings.shard_count}: shards count from 0"
+        )
     ids = [e.id for e in settings.endpoint]
     duplicates = sorted({f"{i.pod}#{i.dp_rank}" for i in ids if ids.count(i) > 1})
     if duplicates:

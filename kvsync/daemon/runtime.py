@@ -2,9 +2,10 @@
 
 ``Daemon(settings)`` builds the graph: the index backend (``--index-backend``, opened by name:
 ``kvsync.index.backend``), the ingest thread (``SubscriberManager``), the discovery ``Source``
-(``--discovery``: ``SOURCES``) and the HTTP server. ``start()`` starts them (ingest first, so
-discovery's commands find it running); ``stop(budget)`` stops discovery, HTTP, then ingest, each
-joined within the budget.
+(``--discovery``: ``SOURCES``, through the ``ShardSink`` that keeps this replica's share of the
+endpoints: ``--shard-count`` / ``--shard-index``) and the HTTP server. ``start()`` starts them
+(ingest first, so discovery's commands find it running); ``stop(budget)`` stops discovery, HTTP,
+then ingest, each joined within the budget.
 
 ``run(settings)`` is ``kvsync serve``: it installs the signal handlers and waits. On the first
 SIGTERM or SIGINT ``/readyz`` turns 503, the daemon keeps answering for ``drain_seconds`` (so
@@ -33,6 +34,7 @@ from kvsync.daemon.config import Settings
 from kvsync.discovery.base import Sink, Source
 from kvsync.discovery.endpoints import split_tcp_address
 from kvsync.discovery.kubernetes.source import Informer, InformerOptions, api_client
+from kvsync.discovery.shards import Shard, ShardSink
 from kvsync.discovery.static import StaticDiscovery
 from kvsync.errors import ConfigError
 from kvsync.http import schemas, server
@@ -198,7 +200,9 @@ class Daemon:
             on_lag=metrics.EVENT_LAG.observe,
             on_reset=self.hints.forget,  # a reset or removed endpoint's hints are void
         )
-        self.discovery: Source = SOURCES[settings.discovery](settings, self.ingest)
+        # Discovery sees every endpoint; ingest gets only this shard's (all of them unsharded).
+        self.shard = ShardSink(self.ingest, Shard(settings.shard_index, settings.shard_count))
+        self.discovery: Source = SOURCES[settings.discovery](settings, self.shard)
         self.tokenizer = Tokenizer(
             lambda: engines_of(self.endpoint_views()),
             TokenizeSettings(
@@ -220,6 +224,7 @@ class Daemon:
                 event_age=self._event_age,
                 health=self,
                 registry=metrics.registry(self.metrics_snapshot),
+                shard=self.shard_status,
                 settings=ApiSettings(
                     max_body_bytes=settings.max_body_bytes,
                     max_query_tokens=settings.max_query_tokens,
@@ -243,6 +248,12 @@ class Daemon:
 
     def endpoint_views(self) -> list[EndpointView]:
         return endpoint_views(self.ingest.snapshot(), time.monotonic())
+
+    def shard_status(self) -> schemas.ShardStatus:
+        shard = self.shard.shard
+        return schemas.ShardStatus(
+            index=shard.index, count=shard.count, skipped_endpoints=self.shard.skipped
+        )
 
     def _event_age(self, endpoint: EndpointId) -> float | None:
         age = self.ingest.last_event_age(endpoint)
@@ -282,6 +293,9 @@ class Daemon:
             index_contexts=stats.contexts,
             index_keys=stats.keys,
             evictions=stats.evictions,
+            shard_index=self.settings.shard_index,
+            shard_count=self.settings.shard_count,
+            endpoints_skipped=self.shard.skipped,
         )
 
     # -- lifecycle ----------------------------------------------------------------------

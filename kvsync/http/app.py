@@ -123,6 +123,7 @@ class Api:
         hints: HintIndex | None = None,
         dynamo: DynamoApi | None = None,
         removal_seq: RemovalSeq = lambda _endpoint, _at: None,
+        shard: Callable[[], schemas.ShardStatus] = lambda: schemas.UNSHARDED,
     ) -> None:
         self.dynamo = dynamo
         self._removal_seq = removal_seq
@@ -133,6 +134,7 @@ class Api:
         self._tokenizer = tokenizer
         self.hints = hints if hints is not None else HintIndex()
         self._pods = pods
+        self._shard = shard
         self._event_age = event_age
         self._health = health
         self._registry = registry
@@ -249,7 +251,7 @@ class Api:
             self._check_token(request.headers.get("authorization", "").encode("latin-1"))
         except Rejected as rejected:
             return _error(rejected.status, rejected.message, {"WWW-Authenticate": "Bearer"})
-        return _ok(schemas.PodsResponse(pods=list(self._pods())))
+        return _ok(schemas.PodsResponse(pods=list(self._pods()), shard=self._shard()))
 
     async def _json_route(
         self,

@@ -110,8 +110,20 @@ class PodStatus(msgspec.Struct, frozen=True):
     engine: str | None = None  # http://host:port of the pod's vLLM HTTP server, if known
 
 
+class ShardStatus(msgspec.Struct, frozen=True):
+    """This replica's share of the endpoints (``--shard-count``, ``--shard-index``)."""
+
+    index: int
+    count: int
+    skipped_endpoints: int  # discovered, but another shard's: not subscribed here
+
+
+UNSHARDED: Final = ShardStatus(index=0, count=1, skipped_endpoints=0)
+
+
 class PodsResponse(msgspec.Struct, frozen=True):
-    pods: list[PodStatus]
+    pods: list[PodStatus]  # the endpoints this replica subscribes to
+    shard: ShardStatus
 
 
 class HintRequest(MatchRequest, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -127,6 +127,7 @@ def test_pods_lists_endpoints_in_the_contract_shape(client: httpx.Client) -> Non
                             "last_event_age_s", "blocks", "gaps", "replays", "resets",
                             "decode_errors", "duplicates", "reset_reasons"}  # fmt: skip
     assert (pods[2]["dp_rank"], pods[2]["blocks"], pods[2]["state"]) == (1, 2, "live")
+    assert response.json()["shard"] == {"index": 0, "count": 1, "skipped_endpoints": 0}
 
 
 def _error(response: httpx.Response, status: int) -> str:
@@ -301,6 +302,9 @@ def test_metrics_include_every_kvsync_metric() -> None:
         index_contexts=1,
         index_keys=3,
         evictions={"ttl": 7},
+        shard_index=1,
+        shard_count=3,
+        endpoints_skipped=4,
     )
     metrics.INFORMER_RELISTS.inc(0)
     metrics.INFORMER_ERRORS.labels(reason="gone").inc(0)
@@ -334,6 +338,9 @@ def test_metrics_include_every_kvsync_metric() -> None:
         "kvsync_index_contexts 1.0",
         "kvsync_index_keys 3.0",
         'kvsync_index_evictions_total{reason="ttl"} 7.0',
+        "kvsync_shard_index 1.0",
+        "kvsync_shard_count 3.0",
+        "kvsync_endpoints_skipped 4.0",
     ]:
         assert line in text, line
 
@@ -382,7 +389,7 @@ def test_token_right_one_gets_answers(guarded: httpx.Client) -> None:
     auth = {"authorization": f"Bearer {TOKEN}"}
     response = guarded.post("/v1/match", json={"model": MODEL, "token_ids": PROMPT}, headers=auth)
     assert response.json()["matches"][0]["matched_blocks"] == 3
-    assert guarded.get("/v1/pods", headers=auth).json() == {"pods": []}
+    assert guarded.get("/v1/pods", headers=auth).json()["pods"] == []
 
 
 def test_token_not_needed_by_probes_metrics_openapi(guarded: httpx.Client) -> None:

@@ -164,7 +164,10 @@ def test_sigint_without_endpoints_is_ready_at_once_and_exits_0() -> None:
         url = daemon.start()
         with httpx.Client(base_url=url, timeout=5) as http:
             assert http.get("/readyz").json() == {"status": "ok"}
-            assert http.get("/v1/pods").json() == {"pods": []}
+            assert http.get("/v1/pods").json() == {
+                "pods": [],
+                "shard": {"index": 0, "count": 1, "skipped_endpoints": 0},
+            }
         daemon.proc.send_signal(signal.SIGINT)
         assert daemon.finish(timeout=20) == 0
 

@@ -39,6 +39,14 @@ def test_defaults_match_the_contract() -> None:
     assert (settings.replay_timeout_seconds, settings.replay_cooldown_seconds) == (5.0, 30.0)
     assert (settings.drain_seconds, settings.stop_timeout_seconds) == (5.0, 5.0)
     assert (settings.log_level, settings.log_format) == ("info", "json")
+    assert (settings.shard_count, settings.shard_index) == (1, 0)
+
+
+def test_shard_options_from_flags_and_env() -> None:
+    settings = config.load(["--shard-index", "2"], {"KVSYNC_SHARD_COUNT": "3"})
+    assert (settings.shard_count, settings.shard_index) == (3, 2)
+    settings = config.load(["--shard-count", "4"], {"KVSYNC_SHARD_INDEX": "3"})
+    assert (settings.shard_count, settings.shard_index) == (4, 3)
 
 
 def test_discovery_defaults_to_kubernetes_in_a_cluster() -> None:
@@ -176,6 +184,15 @@ INVALID = [
     (["--discovery", "kubernetes", "--endpoint", SPEC_A], {}, "need --discovery static"),
     (["--api-token", "a", "--api-token-file", "/t"], {}, "not both"),
     (["--endpoint", SPEC_A, "--endpoint", SPEC_A], {}, "duplicate endpoint pod-a#0"),
+    (["--shard-count", "0"], {}, "--shard-count: expected an integer in [1, 1024]"),
+    ([], {"KVSYNC_SHARD_COUNT": "two"}, "KVSYNC_SHARD_COUNT: expected an integer"),
+    (["--shard-index", "-1"], {}, "--shard-index: expected an integer in [0, 1023]"),
+    (
+        ["--shard-count", "2", "--shard-index", "2"],
+        {},
+        "--shard-index (KVSYNC_SHARD_INDEX) 2 must be below --shard-count (KVSYNC_SHARD_COUNT) 2",
+    ),
+    ([], {"KVSYNC_SHARD_INDEX": "1"}, "--shard-index (KVSYNC_SHARD_INDEX) 1 must be below"),
 ]
 
 
