@@ -247,7 +247,8 @@ start() {
     count=$CLUSTER_NODES
     [ "$mode" = cluster ] || count=1
     for attempt in 1 2 3 4 5; do
-        local try_base="${base:-$(pick_base "$count")}"
+        local try_base="$base"
+        [ -n "$try_base" ] || try_base="$(pick_base "$count")" || die "no free port range"
         if launch "$run" "$try_base" "$mode" "$count"; then
             echo "$mode" >"$run/mode"
             echo "KVSYNC_REDIS_URL=redis://127.0.0.1:$try_base" >"$run/env"

@@ -93,6 +93,14 @@ def ensure_redis_server() -> None:
         pytest.skip(reason)
 
 
+def _running(pid_file: Path) -> bool:
+    try:
+        stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the command name
+
+
 class RedisNodes:
     """Redis nodes under ``run_dir``: a cluster (3 masters + 3 replicas) or one plain node."""
 
@@ -226,12 +234,9 @@ class RedisNodes:
             self._script("wait", str(int(timeout_s)), timeout_s=timeout_s + 10)
 
     def down(self) -> list[int]:
-        """Ports of the nodes not running (killed and not restarted)."""
-        return [
-            int(line.split()[0].rsplit(":", 1)[1])
-            for line in self._script("status").splitlines()
-            if line.endswith(" down")
-        ]
+        """Ports of the nodes not running (killed and not restarted): no pid file, or its process
+        gone (a zombie nobody reaped counts as gone, as in the script)."""
+        return [port for port in self.ports if not _running(self.run_dir / f"node-{port}" / "pid")]
 
     def heal(self) -> None:
         """Restart every node that is down and wait until the cluster is healthy again."""
