@@ -9,8 +9,9 @@
 #
 #   scripts/tools.sh          install (or verify) the tools
 #   scripts/tools.sh check    also lint the chart and the Dockerfile: helm lint --strict and
-#                             helm template | kubernetes-validate --strict with the default values
-#                             and each charts/kvsync/ci/*.yaml, then hadolint Dockerfile
+#                             helm template | kubernetes-validate --strict with the default values,
+#                             each charts/kvsync/ci/*.yaml and the examples charts/kvsync/values-*.yaml,
+#                             then hadolint Dockerfile
 #
 # Needs: python3 (with venv), sha256sum, flock.
 set -euo pipefail
@@ -82,7 +83,7 @@ check() {
     # helm's caches and config go to a scratch home, not the user's.
     HELM_CACHE_HOME="$(mktemp -d)"
     export HELM_CACHE_HOME HELM_CONFIG_HOME="$HELM_CACHE_HOME" HELM_DATA_HOME="$HELM_CACHE_HOME"
-    for values in "" "$chart"/ci/*.yaml; do
+    for values in "" "$chart"/ci/*.yaml "$chart"/values-*.yaml; do
         say "chart: ${values:-default values}"
         "$BIN/helm" lint --strict --quiet "$chart" ${values:+--values "$values"} >&2
         "$BIN/helm" template kvsync "$chart" --namespace kvsync-system ${values:+--values "$values"} \

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.rendering import ALL_OPTIONS, CHART, STATIC, Chart, Rendered, Tools, install_tools
+from tests.chart.rendering import (
+    ALL_OPTIONS,
+    CHART,
+    REDIS,
+    STATIC,
+    Chart,
+    Rendered,
+    Tools,
+    install_tools,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +45,11 @@ def all_options_render(chart: Chart) -> Rendered:
 @pytest.fixture(scope="session")
 def static_render(chart: Chart) -> Rendered:
     return chart.render(values=[STATIC])
+
+
+@pytest.fixture(scope="session")
+def redis_render(chart: Chart) -> Rendered:
+    return chart.render(values=[REDIS])
 
 
 @pytest.fixture

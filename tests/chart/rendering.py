@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kvsync"
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 STATIC = CHART / "ci" / "static-values.yaml"
+REDIS = CHART / "values-redis.yaml"  # the example of docs/deploy.md, "Beyond one machine"
 TOOLS_SCRIPT = REPO / "scripts" / "tools.sh"
 INSTALL_TIMEOUT_S = 300
 
@@ -92,8 +93,15 @@ class Rendered:
         return found[0]
 
     @property
+    def workload(self) -> Manifest:
+        """kvsync's one workload: the Deployment, or the StatefulSet of a sharded release."""
+        found = self.kinds("Deployment") + self.kinds("StatefulSet")
+        assert len(found) == 1, f"expected one workload, got {[d['kind'] for d in found]}"
+        return found[0]
+
+    @property
     def pod_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        spec: dict[str, Any] = self.workload["spec"]["template"]["spec"]
         return spec
 
     @property
@@ -102,16 +110,25 @@ class Rendered:
         assert len(containers) == 1
         return containers[0]
 
-    def env(self) -> dict[str, str]:
-        """The container's env as the kubelet would set it (Secret references resolved)."""
+    def env(self, pod_labels: dict[str, str] | None = None) -> dict[str, str]:
+        """The container's env as the kubelet would set it (Secret references resolved, label
+        references from ``pod_labels``: what the StatefulSet controller adds, such as
+        ``apps.kubernetes.io/pod-index``, on top of the template's own)."""
         secrets = {s["metadata"]["name"]: s["data"] for s in self.kinds("Secret")}
+        labels = {**self.workload["spec"]["template"]["metadata"]["labels"], **(pod_labels or {})}
         result: dict[str, str] = {}
         for var in self.container.get("env", []):
+            source = var.get("valueFrom", {})
             if "value" in var:
                 result[var["name"]] = var["value"]
-            elif "secretKeyRef" in var.get("valueFrom", {}):
-                ref = var["valueFrom"]["secretKeyRef"]
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
                 result[var["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+            elif "fieldRef" in source:
+                path = source["fieldRef"]["fieldPath"]
+                if path.startswith("metadata.labels['"):
+                    # the kubelet gives "" for a label the pod does not have
+                    result[var["name"]] = labels.get(path.split("'")[1], "")
         return result
 
 

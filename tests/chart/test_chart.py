@@ -1,7 +1,8 @@
 """The Helm chart as a cluster admin would check it: lint, schema, privileges, probes, shutdown.
 
-Renders charts/kvsync with ``helm template`` (defaults, ci/all-options-values.yaml and
-ci/static-values.yaml) and asserts on the manifests. Skips only when helm cannot be installed.
+Renders charts/kvsync with ``helm template`` (defaults, ci/all-options-values.yaml,
+ci/static-values.yaml and the sharded Redis example values-redis.yaml) and asserts on the
+manifests. Skips only when helm cannot be installed.
 """
 
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from tests.chart.rendering import (
     ALL_OPTIONS,
     CHART,
+    REDIS,
     STATIC,
     Chart,
     Rendered,
@@ -21,7 +23,7 @@ from tests.chart.rendering import (
 
 pytestmark = pytest.mark.timeout(300)  # the first test may install the tools (scripts/tools.sh)
 
-VALUES_FILES = {"default": None, "all-options": ALL_OPTIONS, "static": STATIC}
+VALUES_FILES = {"default": None, "all-options": ALL_OPTIONS, "static": STATIC, "redis": REDIS}
 VALIDATE_K8S_VERSION = "1.30.0"  # one of the schema sets kubernetes-validate bundles
 POD_READER_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
 RBAC_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")

@@ -3,7 +3,9 @@
 The chart turns `config.fooBar` into the env var KVSYNC_FOO_BAR. These tests hold it to
 kvsync.daemon.config: one values key per ``Settings`` field, only env names that ``config.OPTIONS``
 knows, and — the end-to-end check — the rendered env, fed to ``config.load`` as the container
-would see it, yields exactly the values written in the values files.
+would see it, yields exactly the values written in the values files. A few settings follow from
+the chart's structure instead of `config` (``CHART_OWNED``): the index backend and its Redis
+connection, and the shard of each pod.
 """
 
 import dataclasses
@@ -16,32 +18,52 @@ from typing import Any
 import pytest
 
 from kvsync.daemon import config
-from tests.chart.rendering import ALL_OPTIONS, CHART, STATIC, Chart, Rendered, load_values
+from kvsync.errors import ConfigError
+from tests.chart.rendering import ALL_OPTIONS, CHART, REDIS, STATIC, Chart, Rendered, load_values
 
 pytestmark = pytest.mark.timeout(300)  # the first test may install the tools (scripts/tools.sh)
 
 SETTING_FIELDS = {f.name for f in dataclasses.fields(config.Settings)}
 DAEMON_ENV = {option.env: option.field for option in config.OPTIONS}
+# Settings set from the chart's structure, not from a `config` key: which values decide them.
+CHART_OWNED = {
+    "index_backend": "index.backend",
+    "redis_url": "redis.url",
+    "redis_password_file": "redis.existingSecret",
+    "redis_tls_ca_file": "redis.caCert",
+    "shard_count": "shards",
+    "shard_index": "the StatefulSet's pod index",
+}
 
 
 def snake(key: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
 
 
-def kvsync_env(rendered: Rendered) -> dict[str, str]:
-    return {k: v for k, v in rendered.env().items() if k.startswith(config.ENV_PREFIX)}
+def kvsync_env(rendered: Rendered, pod_labels: dict[str, str] | None = None) -> dict[str, str]:
+    env = rendered.env(pod_labels)
+    return {k: v for k, v in env.items() if k.startswith(config.ENV_PREFIX)}
 
 
 @pytest.fixture(scope="module")
 def every_render(
-    default_render: Rendered, all_options_render: Rendered, static_render: Rendered
+    default_render: Rendered,
+    all_options_render: Rendered,
+    static_render: Rendered,
+    redis_render: Rendered,
 ) -> dict[str, Rendered]:
-    return {"default": default_render, "all-options": all_options_render, "static": static_render}
+    return {
+        "default": default_render,
+        "all-options": all_options_render,
+        "static": static_render,
+        "redis": redis_render,
+    }
 
 
 def test_values_config_has_exactly_one_key_per_setting() -> None:
     keys = load_values()["config"]
-    assert {snake(k) for k in keys} == SETTING_FIELDS
+    assert CHART_OWNED.keys() <= SETTING_FIELDS
+    assert {snake(k) for k in keys} == SETTING_FIELDS - CHART_OWNED.keys()
     assert set(DAEMON_ENV.values()) == SETTING_FIELDS  # every setting has its env var
     for key in keys:
         assert re.fullmatch(r"[a-z][a-zA-Z]*", key), f"{key}: camelCase keys only"
@@ -67,8 +89,11 @@ def test_default_values_give_the_daemon_its_own_defaults(default_render: Rendere
     assert settings == config.Settings(discovery="kubernetes")
     # and the values file writes every default out, so users see them (null: "none")
     written = {snake(k): v for k, v in load_values()["config"].items()}
+    values = load_values()
+    written["index_backend"] = values["index"]["backend"]
+    written["shard_count"] = values["shards"]
     for setting in dataclasses.fields(config.Settings):
-        if setting.name == "discovery":
+        if setting.name == "discovery" or setting.name in CHART_OWNED.keys() - written.keys():
             continue
         assert comparable(written[setting.name]) == comparable(getattr(settings, setting.name)), (
             setting.name
@@ -135,3 +160,29 @@ def test_values_schema_types_exactly_the_settings() -> None:
     config_schema = schema["properties"]["config"]
     assert config_schema["additionalProperties"] is False
     assert set(config_schema["properties"]) == set(load_values()["config"])
+
+
+@pytest.mark.parametrize("ordinal", [0, 2])
+def test_redis_example_reaches_each_shard_as_written(redis_render: Rendered, ordinal: int) -> None:
+    # The StatefulSet controller labels pod N with apps.kubernetes.io/pod-index: N.
+    env = kvsync_env(redis_render, {"apps.kubernetes.io/pod-index": str(ordinal)})
+    settings = config.load([], env)
+    values = load_values(REDIS)
+    assert settings.index_backend == values["index"]["backend"] == "redis"
+    assert settings.redis_url == values["redis"]["url"]
+    assert settings.redis_password_file == "/etc/kvsync/redis/password"  # noqa: S105  # a path
+    assert settings.redis_tls_ca_file == "/etc/kvsync/redis/ca.crt"
+    assert (settings.shard_count, settings.shard_index) == (values["shards"], ordinal)
+    for key, value in values["config"].items():
+        assert comparable(getattr(settings, snake(key))) == comparable(value), key
+
+
+def test_a_pod_without_the_pod_index_label_fails_to_start_with_a_clear_error(
+    redis_render: Rendered,
+) -> None:
+    # Before Kubernetes 1.28 the StatefulSet controller sets no pod-index label: the env var is
+    # empty and the daemon refuses to guess its shard.
+    env = kvsync_env(redis_render)
+    assert env["KVSYNC_SHARD_INDEX"] == ""
+    with pytest.raises(ConfigError, match="KVSYNC_SHARD_INDEX"):
+        config.load([], env)

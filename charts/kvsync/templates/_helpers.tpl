@@ -109,6 +109,75 @@ apiToken never appears in clear: it comes from the chart's Secret.
   value: {{ include "kvsync.envText" $value | quote }}
 {{- end }}
 {{- end }}
+{{- include "kvsync.indexEnv" . }}
+{{- end }}
+
+{{/*
+The settings the chart's structure decides rather than `config`: the index backend and its
+Redis connection (index.*, redis.*), and each pod's shard (shards; the StatefulSet's ordinal,
+from the pod-index label the StatefulSet controller sets on Kubernetes 1.28+).
+*/}}
+{{- define "kvsync.indexEnv" -}}
+- name: KVSYNC_INDEX_BACKEND
+  value: {{ .Values.index.backend | quote }}
+{{- if eq (toString .Values.index.backend) "redis" }}
+- name: KVSYNC_REDIS_URL
+  value: {{ .Values.redis.url | quote }}
+{{- if include "kvsync.redisSecret" . }}
+- name: KVSYNC_REDIS_PASSWORD_FILE
+  value: {{ printf "%s/password" (include "kvsync.redisSecretDir" .) | quote }}
+{{- if .Values.redis.caCert }}
+- name: KVSYNC_REDIS_TLS_CA_FILE
+  value: {{ printf "%s/ca.crt" (include "kvsync.redisSecretDir" .) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.shards) 1 }}
+- name: KVSYNC_SHARD_COUNT
+  value: {{ .Values.shards | int | quote }}
+- name: KVSYNC_SHARD_INDEX
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
+{{- end }}
+{{- end }}
+
+{{/* The Redis Secret is mounted only where the Redis backend is used. */}}
+{{- define "kvsync.redisSecret" -}}
+{{- if and (eq (toString .Values.index.backend) "redis") .Values.redis.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "kvsync.redisSecretDir" -}}
+/etc/kvsync/redis
+{{- end }}
+
+{{/*
+Values that contradict each other fail the render with the reason (both workloads include it).
+*/}}
+{{- define "kvsync.validate" -}}
+{{- $tokenSources := compact (list .Values.config.apiToken .Values.config.apiTokenFile .Values.apiTokenSecret.name) }}
+{{- if gt (len $tokenSources) 1 }}
+{{- fail "give one of config.apiToken, config.apiTokenFile, apiTokenSecret.name" }}
+{{- end }}
+{{- if and (ne (toString .Values.config.discovery) "static") (or .Values.config.endpoint .Values.config.endpointsFile) }}
+{{- fail "config.endpoint / config.endpointsFile need config.discovery: static" }}
+{{- end }}
+{{- $redis := eq (toString .Values.index.backend) "redis" }}
+{{- if and (gt (int .Values.shards) 1) (not $redis) }}
+{{- fail (printf "shards: %v needs index.backend: redis. With the memory backend each shard would hold only its own pods' blocks and answer for those alone; with Redis every shard answers for all" .Values.shards) }}
+{{- end }}
+{{- if and (gt (int .Values.shards) 1) (ne (int .Values.replicaCount) 1) }}
+{{- fail "replicaCount is the unsharded Deployment's; with shards > 1 the StatefulSet runs one pod per shard (leave replicaCount at 1)" }}
+{{- end }}
+{{- if and $redis (not .Values.redis.url) }}
+{{- fail "index.backend: redis needs redis.url (redis://host:port of a cluster node or a single node; rediss:// for TLS)" }}
+{{- end }}
+{{- if and .Values.redis.caCert (not .Values.redis.existingSecret) }}
+{{- fail "redis.caCert reads ca.crt from redis.existingSecret: name that Secret" }}
+{{- end }}
+{{- if and $redis .Values.redis.caCert (not (hasPrefix "rediss://" (toString .Values.redis.url))) }}
+{{- fail "redis.caCert verifies TLS: redis.url must be a rediss:// URL" }}
+{{- end }}
 {{- end }}
 
 {{/* Whole seconds, rounded up, of a number of seconds that may be fractional. */}}
