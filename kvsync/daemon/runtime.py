@@ -260,6 +260,12 @@ class Daemon:
     def endpoint_views(self) -> list[EndpointView]:
         return endpoint_views(self.ingest.snapshot(), time.monotonic())
 
+    def shard_status(self) -> schemas.ShardStatus:
+        shard = self.shard.shard
+        return schemas.ShardStatus(
+            index=shard.index, count=shard.count, skipped_endpoints=self.shard.skipped
+        )
+
     def _event_age(self, endpoint: EndpointId) -> float | None:
         age = self.ingest.last_event_age(endpoint)
         return None if age is None else round(age, 3)

@@ -125,6 +125,7 @@ class Api:
         hints: HintIndex | None = None,
         dynamo: DynamoApi | None = None,
         removal_seq: RemovalSeq = lambda _endpoint, _at: None,
+        shard: Callable[[], schemas.ShardStatus] = lambda: schemas.UNSHARDED,
     ) -> None:
         self.dynamo = dynamo
         self._removal_seq = removal_seq

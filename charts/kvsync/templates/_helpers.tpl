@@ -109,7 +109,7 @@ apiToken never appears in clear: it comes from the chart's Secret.
   value: {{ include "kvsync.envText" $value | quote }}
 {{- end }}
 {{- end }}
-{{- include "kvsync.indexEnv" . }}
+{{ include "kvsync.indexEnv" . }}
 {{- end }}
 
 {{/*

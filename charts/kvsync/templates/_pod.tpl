@@ -3,7 +3,7 @@ The pod template of kvsync's workload: the Deployment (one index shard: every re
 to every pod) or, with shards > 1, the StatefulSet whose ordinal is each pod's shard index.
 */}}
 {{- define "kvsync.podTemplate" -}}
-{{- $watchesPods := include "kvsync.watchesPods" . }}
+{{- $watchesPods := include "kvsync.watchesPods" . -}}
 metadata:
   {{- if or .Values.config.apiToken .Values.podAnnotations }}
   annotations:
