@@ -251,12 +251,6 @@ class Daemon:
             on_crash=lambda _exc: self.http_crashed.set(),
         )
 
-    def shard_status(self) -> schemas.ShardStatus:
-        shard = self.shard.shard
-        return schemas.ShardStatus(
-            index=shard.index, count=shard.count, skipped_endpoints=self.shard.skipped
-        )
-
     def endpoint_views(self) -> list[EndpointView]:
         return endpoint_views(self.ingest.snapshot(), time.monotonic())
 
