@@ -119,7 +119,6 @@ class Api:
         health: Health,
         registry: CollectorRegistry,
         settings: ApiSettings,
-        shard: Callable[[], schemas.ShardStatus] = lambda: schemas.UNSHARDED,
         endpoints: Callable[[], Sequence[EndpointView]] = tuple,
         tokenizer: Tokenizer | None = None,
         hints: HintIndex | None = None,
