@@ -90,6 +90,10 @@ class IndexBackend(Protocol):
         """None while the backend takes writes and answers; else why not (``/readyz``)."""
         ...
 
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every write made so far is what lookups see; True if it is."""
+        ...
+
     def close(self, timeout_s: float = 5.0) -> bool:
         """Write out what is pending and release connections; True if nothing was left."""
         ...

@@ -11,7 +11,11 @@ the highest seq seen on the live (SUB) socket, and ``last``, the highest seq app
 because the replay runs over its own TCP connection (a DEALER) and may overtake the live copies
 of the same seqs when the SUB side lags.
 
-* Warm start: an endpoint with a replay address asks for replay from 0 as soon as it is started.
+* Warm start: an endpoint with a replay address asks for replay from 0 as soon as it is started;
+  or, when a shared index kept this incarnation's blocks up to seq ``s`` (``start(resumed=s)``:
+  this daemon restarted), from ``s + 1``. A first live seq at or below ``s`` then means the
+  publisher restarted too (nothing this process replayed can be re-sent below what it found
+  stored): a restart, as below.
 * First live message (unless its seq is 0: a stream's first batch), or ``seq > last + 1``: ask for
   replay from ``last + 1`` (0 when nothing was applied) and hold the live batch. Without a replay
   address (or while cooling down after a failed replay) the gap cannot be filled: drop the
@@ -140,6 +144,7 @@ class EndpointHandler(Generic[ContextT]):
         self._writer = writer
         self._last: int | None = None  # highest seq applied
         self._last_live: int | None = None  # highest seq seen on the live socket
+        self._resumed: int | None = None  # the stored seq this handler started from, if any
         self._partial = False  # state was dropped and the history before it is unknown
         self._replay: _Replay | None = None
         self._ticket = 0
@@ -177,7 +182,7 @@ class EndpointHandler(Generic[ContextT]):
         longer reaches ``resumed + 1`` is a hole, as any other."""
         out = Outcome()
         if resumed is not None:
-            self._last = resumed
+            self._last = self._resumed = resumed
         if self._can_replay(now):
             self._request_replay(0 if resumed is None else resumed + 1, now, out)
         return out
@@ -187,6 +192,11 @@ class EndpointHandler(Generic[ContextT]):
         out = Outcome()
         last_live = self._last_live
         if last_live is not None and batch.seq <= last_live:
+            self._restart(batch, now, out)
+            return out
+        if last_live is None and self._resumed is not None and batch.seq <= self._resumed:
+            # Below the seq stored before this process started: no replay of ours can have
+            # applied it, so the publisher's stream went back: it restarted meanwhile.
             self._restart(batch, now, out)
             return out
         self._last_live = batch.seq

@@ -2,6 +2,11 @@
 
 The oracle is the simulator's ground truth (what each engine's cache holds, from token
 prefixes), compared with the daemon's index answers for a battery of router queries.
+
+The index backend is the memory one unless a test module runs with the ``index_backend``
+fixture (tests/integration/conftest.py), which runs each of its tests once per backend: the
+Redis one on the real test cluster too. A test that hands ``running_daemon`` its own
+``PrefixIndex`` is about the memory backend and runs on it alone.
 """
 
 import threading
@@ -10,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from kvsync.index.backend import IndexBackend
 from kvsync.index.memory.backend import MemoryBackend
 from kvsync.index.memory.index import PrefixIndex
 from kvsync.index.values import Query
@@ -21,11 +27,16 @@ from kvsync.sim import Fleet, SimQuery
 SETTLE_S = 20.0
 
 
+# What running_daemon opens when a test gives no index: set by the index_backend fixture.
+backend_factory: Callable[[], IndexBackend] | None = None
+
+
 @dataclass
 class Daemon:
     manager: SubscriberManager
-    index: PrefixIndex
-    lock: threading.Lock
+    backend: IndexBackend
+    index: PrefixIndex | None  # the memory backend's (None on another backend)
+    lock: "threading.Lock | None"
 
     def endpoint(self, endpoint_id: EndpointId) -> EndpointStats | None:
         for stats in self.manager.snapshot().endpoints:
@@ -34,18 +45,18 @@ class Daemon:
         return None
 
     def answer(self, query: SimQuery, pods: frozenset[str] | None = None) -> dict[EndpointId, int]:
-        with self.lock:
-            result = self.index.match(
-                Query(
-                    model=query.model,
-                    token_ids=query.token_ids,
-                    lora_name=query.lora_name,
-                    lora_id=query.lora_id,
-                    cache_salt=query.cache_salt,
-                    pods=pods,
-                ),
-                time.time(),
-            )
+        assert self.backend.flush()  # a shared backend's writes go out a moment after ingest
+        result = self.backend.match(
+            Query(
+                model=query.model,
+                token_ids=query.token_ids,
+                lora_name=query.lora_name,
+                lora_id=query.lora_id,
+                cache_salt=query.cache_salt,
+                pods=pods,
+            ),
+            time.time(),
+        )
         return {m.endpoint: m.matched_blocks for m in result.matches}
 
 
@@ -60,8 +71,13 @@ def running_daemon(
     expect_failure: bool = False,
     sweep_interval_s: float = 60.0,
 ) -> Iterator[Daemon]:
-    backend = MemoryBackend(index or PrefixIndex())
-    index, lock = backend.index, backend.lock
+    backend: IndexBackend
+    lock: "threading.Lock | None" = None
+    if index is not None or backend_factory is None:
+        memory = MemoryBackend(index or PrefixIndex())
+        backend, index, lock = memory, memory.index, memory.lock
+    else:
+        backend = backend_factory()
     handler = ReplaySettings(replay_timeout_s=replay_timeout_s, replay_cooldown_s=replay_cooldown_s)
     manager = SubscriberManager(
         backend,
@@ -72,9 +88,10 @@ def running_daemon(
     )
     manager.start()
     try:
-        yield Daemon(manager, index, lock)
+        yield Daemon(manager, backend, index, lock)
     finally:
         assert manager.stop(timeout_s=5.0)
+        assert backend.close()
         assert manager.failed.is_set() == expect_failure
 
 

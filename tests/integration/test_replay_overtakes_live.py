@@ -23,7 +23,11 @@ import zmq
 from kvsync.sim import Fleet
 from tests.integration.ingest_harness import eventually, running_daemon, score, settle
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(40),
+    pytest.mark.usefixtures("index_backend"),
+]
 
 LIVE_DELAY_S = 0.4
 REPLAY_CAPACITY = 64  # batches; covers the ~0.4 s of traffic a gap replay must return

@@ -23,7 +23,7 @@ from tests.integration.ingest_harness import (
     settle,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("index_backend")]
 
 
 def subscribe_all(daemon: Daemon, fleet: Fleet) -> None:
@@ -59,7 +59,7 @@ def test_steady_state_matches_ground_truth() -> None:
         assert stats.batches == sum(fleet.publisher(e).stats.sent for e in fleet.ids)
         assert {e.state for e in stats.endpoints} == {"live"}
         blocks = {e.endpoint.id: e.blocks for e in stats.endpoints}
-        assert blocks == {e: daemon.index.blocks_held(e) for e in fleet.ids}
+        assert blocks == {e: daemon.backend.blocks_held(e) for e in fleet.ids}
 
 
 def test_gap_is_recovered_by_replay() -> None:
@@ -228,10 +228,10 @@ def test_removed_endpoint_is_purged() -> None:
         fleet.step(40)
         settle(daemon, fleet)
         gone, kept = fleet.ids
-        assert daemon.index.blocks_held(gone) > 0
+        assert daemon.backend.blocks_held(gone) > 0
         daemon.manager.remove_endpoint(gone)
         eventually(lambda: daemon.endpoint(gone) is None)
-        assert daemon.index.blocks_held(gone) == 0
+        assert daemon.backend.blocks_held(gone) == 0
         fleet.step(20)
         settle(daemon, fleet, [kept])
         result = score(daemon, fleet, remap=lambda e: e if e == kept else None)
@@ -258,7 +258,7 @@ def test_ipv6_loopback_endpoint() -> None:
                 era, events, ts=time.time(), dp_rank=0, hashes=era.default_hashes
             )
             xpub.send_multipart([b"", wire.encode_seq(0), payload])
-            eventually(lambda: daemon.index.blocks_held(endpoint.id) == 4)
+            eventually(lambda: daemon.backend.blocks_held(endpoint.id) == 4)
     finally:
         xpub.close(linger=0)
         ctx.term()

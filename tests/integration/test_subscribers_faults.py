@@ -15,7 +15,7 @@ from kvsync.model import BlockStored, EndpointId, Event, encode_tokens
 from kvsync.sim import Fleet, Malformed, Request, SimQuery
 from tests.integration.ingest_harness import eventually, running_daemon, score, settle
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("index_backend")]
 
 
 @pytest.fixture
@@ -94,6 +94,7 @@ class BrokenDrop(BrokenIndex):
         raise RuntimeError("index bug")
 
 
+@pytest.mark.memory_only  # an index of its own
 def test_a_message_that_makes_kvsync_fail_is_counted_and_the_loop_goes_on() -> None:
     with (
         capture_logs() as logs,
@@ -115,6 +116,7 @@ def test_a_message_that_makes_kvsync_fail_is_counted_and_the_loop_goes_on() -> N
     assert failures[0]["log_level"] == "error"
 
 
+@pytest.mark.memory_only  # an index of its own
 def test_an_unexpected_error_ends_the_thread_reported_once_and_closed() -> None:
     with (
         capture_logs() as logs,
@@ -178,10 +180,12 @@ def test_an_address_libzmq_refuses_is_counted_and_the_rest_keep_working() -> Non
     assert [e["pub"] for e in logs if e["event"] == "endpoint_invalid"] == [bad.pub]
 
 
+@pytest.mark.memory_only  # an index of its own
 def test_the_ingest_thread_sweeps_idle_contexts() -> None:
     index = PrefixIndex(Limits(idle_ttl_seconds=30.0))
     quiet = EndpointId("quiet/pod", 0)
     with running_daemon(index=index, sweep_interval_s=0.05) as daemon:
+        assert daemon.lock is not None
         with daemon.lock:  # a context last used a minute ago, and no traffic since
             stored = BlockStored([1, 2], None, encode_tokens(range(8)), 4)
             index.apply(quiet, EndpointContext("m"), [stored], time.time() - 60.0)

@@ -104,10 +104,26 @@ def test_a_restart_as_another_incarnation_starts_from_nothing(redis_cluster: Red
         assert first.resume(EP, "uid-1") is None
         first.apply(EP, CTX, [chain_events(1, 5)], 0.0, 0)
     with writer(redis_cluster) as second:
-        assert answers(second.match(query(1, 5), 0.0)) == [(EP, 5)]
         assert second.resume(EP, "uid-2") is None  # a new pod under the old name
         assert second.blocks_held(EP) == 0
         assert answers(second.match(query(1, 5), 0.0)) == []
+
+
+def test_an_endpoint_nobody_follows_is_not_answered_until_a_writer_resumes_it(
+    redis_cluster: RedisNodes,
+) -> None:
+    with writer(redis_cluster) as reader:
+        with writer(redis_cluster) as first:
+            assert first.resume(EP, "uid-1") is None
+            first.apply(EP, CTX, [chain_events(1, 5)], 0.0, 0)
+            assert first.flush()
+            assert answers(reader.match(query(1, 5), 0.0)) == [(EP, 5)]
+        # Its writer stopped (cleanly: the lease is released; a crash lets it run out): nobody
+        # follows the endpoint's events, so its blocks are no longer known to be true.
+        assert answers(reader.match(query(1, 5), 0.0)) == []
+        with writer(redis_cluster) as second:
+            assert second.resume(EP, "uid-1") == 0
+            assert answers(reader.match(query(1, 5), 0.0)) == [(EP, 5)]
 
 
 def test_a_writer_that_never_resumed_replaces_what_was_stored(redis_cluster: RedisNodes) -> None:
@@ -210,3 +226,21 @@ def test_lookups_answer_from_another_replica_that_owns_nothing(redis_cluster: Re
 def test_an_unreachable_seed_is_a_clear_error() -> None:
     with pytest.raises(IndexUnavailableError, match="redis"):
         open_backend("redis", BackendSettings(redis=RedisSettings(url="redis://127.0.0.1:9")))
+
+
+def test_an_endpoint_whose_lease_ran_out_is_not_answered(redis_cluster: RedisNodes) -> None:
+    with writer(redis_cluster) as first:
+        assert first.resume(EP, "uid-1") is None
+        first.apply(EP, CTX, [chain_events(1, 5)], 0.0, 0)
+        assert first.flush()
+        assert answers(first.match(query(1, 5), 0.0)) == [(EP, 5)]
+        # What a crashed owner leaves: a lease in the past (it runs 15 s; nobody renews it).
+        client = redis_cluster.client()
+        try:
+            client.hset(layout.meta_key(layout.endpoint_tag(EP)), "lease", "1")
+        finally:
+            client.close()
+        assert answers(first.match(query(1, 5), 0.0)) == []
+        first.apply(EP, CTX, [chain_events(2, 1)], 0.0, 1)  # its owner writes again: renewed
+        assert first.flush()
+        assert answers(first.match(query(1, 5), 0.0)) == [(EP, 5)]

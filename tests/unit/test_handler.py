@@ -705,6 +705,17 @@ def test_a_resumed_endpoint_whose_buffer_moved_on_is_a_hole() -> None:
     assert (h.state, h.resets, h.reset_reasons) == (State.RESET, 1, {"hole": 1})
 
 
+def test_a_resumed_endpoint_whose_publisher_restarted_too_is_a_restart() -> None:
+    h, w = make()
+    h.start(at(0), resumed=41)
+    replay_all(h, 1, [])  # the new publisher's buffer holds seqs 0..3 only: nothing from 42
+    out = h.on_live(batch(4), at(2))
+    assert out.resets == (ResetReason.RESTART,)
+    assert out.replay == ReplayRequest(start=0, ticket=2)
+    replay_all(h, 2, [0, 1, 2, 3])
+    assert (h.state, w.log) == (State.LIVE, [DROP, 0, 1, 2, 3, 4])
+
+
 def test_a_resumed_endpoint_without_replay_continues_or_resets_on_the_first_live_seq() -> None:
     h, w = make(has_replay=False)
     assert h.start(at(0), resumed=41).replay is None

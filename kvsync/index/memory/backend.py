@@ -92,6 +92,10 @@ class MemoryBackend:
     def health(self) -> str | None:
         return None
 
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        del timeout_s  # every write is visible once apply returns
+        return True
+
     def close(self, timeout_s: float = 5.0) -> bool:
         del timeout_s
         return True

@@ -17,6 +17,10 @@ replication), the stored ``seq`` is behind what this writer wrote: the writer re
 endpoint whole from its own state, in one call, so answers are true again without depending on
 the publisher's replay buffer.
 
+Leases: every write, and a renewal every few seconds, keep an owned endpoint's lease ahead;
+lookups skip endpoints whose lease has passed (an owner that crashed, or a pod deleted while its
+owner was down: nobody follows their events any more), and ``close`` releases them at once.
+
 Reads: ``match`` (``reader``) from any replica, owned endpoints or not.
 """
 
@@ -49,6 +53,9 @@ log = structlog.get_logger()
 
 _BACKOFF_S: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 _SCAN_COUNT: Final = 10_000
+# Lookups skip an endpoint whose lease (15 s, ``functions``) has passed; every write renews it,
+# and the flusher renews the quiet ones this often.
+_RENEW_S: Final = 3.0
 
 
 @dataclass(slots=True)
@@ -84,6 +91,7 @@ class RedisBackend:
         self._error: str | None = None
         self._stopping = False
         self._flushing = False
+        self._renewed_at = time.monotonic()
         self.flushes = 0
         self._thread = threading.Thread(target=self._flush_loop, name="kvsync-redis", daemon=True)
         self._thread.start()
@@ -200,11 +208,25 @@ class RedisBackend:
         return True
 
     def close(self, timeout_s: float = 5.0) -> bool:
+        """Flush, then release the owned endpoints' leases: from now on nobody follows them,
+        so lookups skip them until a writer resumes them."""
         flushed = self.flush(timeout_s)
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
         self._thread.join(timeout_s)
+        with self._lock:
+            owned = [o for o in self._owned.values() if o.gen is not None and not o.fenced]
+        if owned:
+            pipe = self._nodes.client.pipeline(transaction=False)
+            for o in owned:
+                pipe.fcall(
+                    "kvsync_release", 1, layout.meta_key(layout.endpoint_tag(o.endpoint)), o.gen
+                )
+            try:
+                self._nodes.guarded(lambda: pipe.execute(raise_on_error=False))
+            except IndexUnavailableError as exc:  # their leases run out by themselves
+                log.warning("redis_release_failed", error=str(exc), endpoints=len(owned))
         self._nodes.close()
         return flushed
 
@@ -239,7 +261,12 @@ class RedisBackend:
         while True:
             with self._lock:
                 while not self._dirty and not self._stopping:
-                    self._wake.wait(1.0)
+                    due = self._renewed_at + _RENEW_S - time.monotonic()
+                    if due <= 0:  # the leases: every owned endpoint, changed or not
+                        self._renewed_at = time.monotonic()
+                        self._dirty.update(self._owned)
+                    else:
+                        self._wake.wait(due)
                 if self._stopping:
                     return
                 work = self._take()

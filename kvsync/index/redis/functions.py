@@ -18,7 +18,14 @@ batch and its ``seq`` are in together or not at all.
   it first, ``plain`` are 16-byte records (key, value of a plain block), ``other`` 18-byte ones
   (key, value with its copy mask), ``dels`` 8-byte keys (``layout``). Values are final
   states, not increments, so applying a call twice leaves what applying it once does.
+* ``kvsync_release(meta; gen)``: the owner stops following the endpoint (a clean shutdown).
 * ``kvsync_copy_bit(copies; field)`` → the copy's bit, allocated on first use.
+
+Leases: a claim and every apply set the endpoint's ``lease`` (15 s ahead, on the server's clock)
+and push its keys' expiry an hour ahead; the owner's flusher renews every few seconds even when
+nothing changed. A lookup skips an endpoint whose lease has passed: nobody follows its events, so
+its blocks are not known to be true (a pod deleted while its owner was down, an owner that
+crashed and has not resumed yet). Redis itself deletes an endpoint nobody renewed for an hour.
 * ``kvsync_match(; keys, data...)`` (read-only) → per data hash ``{run, mask, n, ...}``: the
   leading query blocks its endpoint holds (``SMISMEMBER`` on the held set, in chunks of 16, 64,
   256... blocks: most endpoints stop early) and, for the masks other than the plain copy's among
@@ -28,13 +35,20 @@ batch and its ``seq`` are in together or not at all.
 from typing import Final
 
 LIBRARY_NAME: Final = "kvsync"
-VERSION: Final = "3"  # bump with any change below: writers check it at open
+VERSION: Final = "4"  # bump with any change below: writers check it at open
 
 LIBRARY: Final = (
     """#!lua name=kvsync
 
 -- Loading a library may not touch Lua's globals (string, unpack, ...): only calls may.
 local BATCH = 4000  -- arguments per call (Lua's C stack takes about 8000)
+local LEASE_MS = 15000  -- the owner renews every few seconds; lookups skip an endpoint past it
+local KEEP_MS = 3600000  -- an endpoint no writer renewed for an hour is deleted by Redis
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 -- The keys of one (endpoint, context), from any of them: the data hash (d), the set of the
 -- blocks held (s: what lookups read, integers back, no value to copy) and the set of the blocks
@@ -60,6 +74,22 @@ local function wipe(meta)
   end
 end
 
+-- The owner is alive: lookups may answer from this endpoint for LEASE_MS, and its keys live on.
+local function renew(meta, lease)
+  redis.call('HSET', meta, 'lease', lease)
+  redis.call('PEXPIRE', meta, KEEP_MS)
+  local ctxs = redis.call('HGET', meta, 'ctxs')
+  if ctxs then
+    local head = string.sub(meta, 1, -2)
+    for ctx in string.gmatch(ctxs, '%S+') do
+      local data, held, odd = keys_of(head .. 'd:' .. ctx)
+      redis.call('PEXPIRE', data, KEEP_MS)
+      redis.call('PEXPIRE', held, KEEP_MS)
+      redis.call('PEXPIRE', odd, KEEP_MS)
+    end
+  end
+end
+
 local function claim(keys, args)
   local meta = keys[1]
   local ident = redis.call('HGET', meta, 'ident')
@@ -68,8 +98,15 @@ local function claim(keys, args)
     wipe(meta)
     redis.call('HSET', meta, 'ident', args[1], 'seq', '', 'held', 0, 'ctxs', '')
   end
+  renew(meta, now_ms() + LEASE_MS)
   local stored = redis.call('HMGET', meta, 'seq', 'ctxs')
   return {gen, stored[1], stored[2]}
+end
+
+-- The owner stops following the endpoint (a clean shutdown): lookups skip it from now on.
+local function release(keys, args)
+  if redis.call('HGET', keys[1], 'gen') == args[1] then redis.call('HSET', keys[1], 'lease', 0) end
+  return 1
 end
 
 -- Split a blob of fixed-size records: the keys (first 8 bytes) and the fields for HSET.
@@ -121,6 +158,7 @@ local function apply(keys, args)
     end
   end
   redis.call('HSET', meta, 'seq', args[3], 'held', args[4], 'ctxs', args[5])
+  renew(meta, now_ms() + LEASE_MS)
   return {'ok', args[3]}
 end
 
@@ -141,11 +179,16 @@ local function match(keys, args)
   local fields = {}
   for i = 1, #blob, 8 do fields[#fields + 1] = sub(blob, i, i + 7) end
   local total = #fields
+  local now = now_ms()
   local out = {}
   for e = 2, #args do
     local data, held, odd = keys_of(args[e])
+    local meta = string.match(data, '^(.*):d:') .. ':m'
     local run = 0
     local start, size = 1, 16
+    if (tonumber(redis.call('HGET', meta, 'lease')) or 0) < now then
+      start = total + 1  -- no live owner follows this endpoint: its blocks are not known true
+    end
     while start <= total do
       local stop = math.min(total, start + size - 1)
       local hits = redis.call('SMISMEMBER', held, unpack(fields, start, stop))
@@ -189,6 +232,7 @@ local function version() return '"""
 redis.register_function('kvsync_claim', claim)
 redis.register_function('kvsync_apply', apply)
 redis.register_function('kvsync_copy_bit', copy_bit)
+redis.register_function('kvsync_release', release)
 redis.register_function{function_name = 'kvsync_match', callback = match,
                         flags = {'no-writes', 'allow-cross-slot-keys'}}
 redis.register_function{function_name = 'kvsync_version', callback = version,
