@@ -48,11 +48,11 @@ def stored(first_hash: int, tokens: list[int] = TOKENS) -> BlockStored:
 
 
 def held(daemon: Daemon, endpoint: EndpointId) -> int:
-    return daemon.index.blocks_held(endpoint)
+    return daemon.backend.blocks_held(endpoint)
 
 
 def matched(daemon: Daemon, pods: set[str]) -> dict[EndpointId, int]:
-    result = daemon.index.match(
+    result = daemon.backend.match(
         Query(model="llama", token_ids=TOKENS, pods=frozenset(pods)), time.time()
     )
     return {m.endpoint: m.matched_blocks for m in result.matches}

@@ -72,7 +72,7 @@ def running_daemon(
     sweep_interval_s: float = 60.0,
 ) -> Iterator[Daemon]:
     backend: IndexBackend
-    lock: "threading.Lock | None" = None
+    lock: threading.Lock | None = None
     if index is not None or backend_factory is None:
         memory = MemoryBackend(index or PrefixIndex())
         backend, index, lock = memory, memory.index, memory.lock

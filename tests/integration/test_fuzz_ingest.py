@@ -63,8 +63,7 @@ def seeds() -> list[list[bytes]]:
 
 
 def held_blocks(daemon: Daemon, token_ids: tuple[int, ...]) -> int:
-    with daemon.lock:
-        result = daemon.index.match(Query(FUZZ_MODEL, token_ids), time.time())
+    result = daemon.backend.match(Query(FUZZ_MODEL, token_ids), time.time())
     return next((m.matched_blocks for m in result.matches if m.endpoint == FUZZ_ID), 0)
 
 
@@ -88,7 +87,7 @@ def fuzzed_daemon() -> Iterator[Daemon]:
     manager = SubscriberManager(backend, settings=settings)
     manager.start()
     try:
-        yield Daemon(manager, index, lock)
+        yield Daemon(manager, backend, index, lock)
     finally:
         assert manager.stop(timeout_s=5.0)
         assert not manager.failed.is_set(), f"the ingest thread died (seed {SEED})"

@@ -136,3 +136,34 @@ def test_a_writer_killed_mid_ingest_resumes_from_its_stored_seqs(
                 want = fleet.ground_truth(query)
                 divergent += sum(abs(got.get(e, 0) - want.get(e, 0)) for e in set(got) | set(want))
             assert divergent == 0
+
+
+def test_while_redis_is_down_the_daemon_is_not_ready_and_lookups_are_503(
+    redis_single: RedisNodes,
+) -> None:
+    with (
+        Fleet(pods=2, dp_sizes=(1,), seed=4) as fleet,
+        serving(fleet, *redis_args(redis_single)) as http,
+    ):
+        fleet.step(40)
+        wait_applied(fleet, http, list(fleet.ids))
+        query = fleet.sample_query()
+        eventually(
+            lambda: matched_blocks(matches(http, query)) == fleet.ground_truth(query),
+            what="answers from Redis",
+        )
+        (port,) = redis_single.ports
+        redis_single.kill_node(port)
+        response = http.post("/v1/match", json=query.body())
+        assert response.status_code == 503
+        assert response.json()["error"].startswith("index unavailable: redis")
+        eventually(lambda: http.get("/readyz").status_code == 503, what="/readyz 503")
+        assert "index backend: redis" in http.get("/readyz").json()["error"]
+        assert http.get("/livez").status_code == 200  # the process is fine: do not restart it
+        fleet.step(20)  # ingest goes on meanwhile; the writes wait for Redis
+        redis_single.restart_node(port)  # it comes back empty: the writer writes it all again
+        eventually(lambda: http.get("/readyz").status_code == 200, what="/readyz 200 again")
+        wait_applied(fleet, http, list(fleet.ids))
+        for _ in range(40):
+            query = fleet.sample_query()
+            assert matched_blocks(matches(http, query)) == fleet.ground_truth(query)
