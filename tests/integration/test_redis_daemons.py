@@ -115,10 +115,10 @@ def test_a_writer_killed_mid_ingest_resumes_from_its_stored_seqs(
                     what="the fleet publishing",
                 )
                 first.proc.kill()  # SIGKILL while the fleet publishes
-                first.finish(10)
             finally:
-                stop.set()
+                stop.set()  # at once: what is published from here on must fit the buffers
                 publisher.join()
+            first.finish(10)
         fleet.step(5)  # published while no writer runs: within the replay buffers
         fleet.flush()
         assert all(fleet.publisher(e).stats.next_seq > 300 for e in fleet.ids)
