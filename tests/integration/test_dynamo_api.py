@@ -77,6 +77,9 @@ def test_query_answers_the_same_as_v1_match_on_the_same_fleet(fleet: Fleet) -> N
                 assert dynamo.status_code == 200
                 answer = dynamo.json()
                 assert answer["scores"] == _by_match(http, tokens)
+                for instance, summary in answer["instances"].items():
+                    assert summary["dp"] == answer["scores"][instance]
+                    assert summary["longest_matched"] == max(summary["dp"].values())
                 ranks = [n for by_rank in answer["scores"].values() for n in by_rank.values()]
                 deepest = max(ranks, default=0) // fleet.block_size
                 assert len(answer["frequencies"]) == deepest
@@ -115,9 +118,10 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
                 }
                 registered = http.post("/register", json=body)
                 assert registered.status_code == 201, registered.text
-                assert registered.json() == {
-                    "status": "registered successfully", "instance_id": instance
-                }  # fmt: skip
+                assert registered.json() == {"status": "ok"}  # Dynamo 1.6.1's answer
+                again = http.post("/register", json=body)
+                assert again.status_code == 409
+                assert "already registered" in again.json()["error"]
             fleet.wait_for_subscribers()
             poll(
                 lambda: {w["status"] for w in http.get("/workers").json()} == {"active"},
@@ -127,7 +131,8 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
             assert sorted(w["instance_id"] for w in workers) == [1, 2, 4]
             two_ranks = next(w for w in workers if len(w["endpoints"]) == 2)
             assert set(two_ranks["listeners"]) == {"0", "1"}
-            assert {w["source"] for w in workers} == {"register"}
+            assert {w["source"] for w in workers} == {"zmq"}
+            assert {(w["routing_group"], w["block_size"]) for w in workers} == {("default", 16)}
             fleet.step(40)
             fleet.flush()
             query = fleet.sample_query()
@@ -149,9 +154,12 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
                 return flat == want
 
             poll(answered, what="/query to answer the ground truth")
-            gone = http.post("/unregister", json={"instance_id": 2, "model_name": MODEL})
-            assert gone.status_code == 200
-            assert gone.json()["removed_instances"] == ["2|default|0", "2|default|1"]
+            gone = http.post("/unregister", json={"instance_id": 2, "modelname": MODEL})
+            assert gone.status_code == 200  # Mooncake's field name: Mooncake's answer
+            assert gone.json() == {
+                "status": "unregistered successfully",
+                "removed_instances": ["2|default|0", "2|default|1"],
+            }
             poll(
                 lambda: (
                     sorted(str(w["instance_id"]) for w in http.get("/workers").json()) == ["1", "4"]
