@@ -4,7 +4,9 @@ Routers written for either use kvsync unchanged. Shapes: Dynamo's standalone ind
 "HTTP API") and Mooncake's conductor indexer API (RFC #1403):
 
 - ``POST /query {"model_name", "token_ids", "lora_name"?, "tenant_id"?}`` →
-  ``{"scores": {"<instance>": {"<dp_rank>": matched_tokens}}, "frequencies": [...]}`` (Dynamo);
+  ``{"scores": {"<instance>": {"<dp_rank>": matched_tokens}}, "frequencies": [...],
+  "instances": {"<instance>": {"longest_matched", "gpu", "cpu", "disk", "dp"}}}`` (Dynamo; checked
+  against a running Dynamo 1.6.1, ``scripts/dynamo-indexer.sh``);
   with Mooncake's ``"model"`` instead of ``"model_name"`` the answer is Mooncake's
   ``{"<tenant>": {"<instance>": {"longest_matched", "<MEDIUM>": tokens, "DP": {rank: tokens}}}}``.
   ``instance_id`` restricts to one instance, ``cache_salt`` / ``lora_id`` as in ``/v1/match``.
@@ -14,8 +16,12 @@ Routers written for either use kvsync unchanged. Shapes: Dynamo's standalone ind
   "replay_endpoint"?, "dp_rank"?, "tenant_id"?}`` → 201: kvsync subscribes to that publisher
   (an endpoint ``(str(instance_id), dp_rank)`` next to the discovered ones; no Kubernetes).
   ``block_size`` is checked (> 0) and shown, but kvsync takes block sizes from the events.
+  Dynamo's answer ``{"status": "ok"}`` (Mooncake's with ``modelname``); an (instance, rank)
+  registered already is a 409, as in Dynamo.
 - ``POST /unregister {"instance_id", "model_name"?, "dp_rank"?}`` → 200, every rank unless
-  ``dp_rank``; ``GET /workers`` → Dynamo's list; ``GET /health`` → 200.
+  ``dp_rank`` (404 ``instance N not found``); ``GET /workers`` → Dynamo's list; ``GET /health``
+  → 200. An unknown model is an empty answer (Dynamo says 404: it has no indexer for it yet;
+  kvsync has simply seen no event for it, as ``/v1/match`` answers).
 
 A ``tenant_id`` other than ``"default"`` keeps its instances apart: their blocks index under
 the model ``<model>|<tenant>``, and a query with that tenant asks that model. Mooncake's
@@ -37,11 +43,11 @@ from kvsync.http import schemas
 from kvsync.http.views import EndpointView
 from kvsync.index import keys, values
 from kvsync.index.backend import IndexBackend
-from kvsync.model import Endpoint, EndpointId
+from kvsync.model import GPU, Endpoint, EndpointId
 
 T = TypeVar("T")
 DEFAULT_TENANT: Final = "default"
-REGISTERED: Final = "register"
+REGISTERED: Final = "zmq"  # Dynamo's source of a worker registered with POST /register
 _DECODE_QUERY: Final = msgspec.json.Decoder(schemas.DynamoQuery)
 _DECODE_QUERY_WIRE: Final = msgspec.json.Decoder(schemas.DynamoQueryWire)
 _ENCODE: Final = msgspec.json.Encoder()
@@ -125,19 +131,33 @@ class DynamoApi:
         if request.model_name is None:
             return _ENCODE.encode(_mooncake(result, request.tenant_id or DEFAULT_TENANT))
         scores: dict[str, dict[str, int]] = {}
+        instances: dict[str, schemas.DynamoInstance] = {}
         runs = []
         for found in result.matches:
             size = found.block_size or result.block_size
-            scores.setdefault(found.endpoint.pod, {})[str(found.endpoint.dp_rank)] = (
-                found.matched_blocks * size
-            )
+            pod, rank = found.endpoint.pod, str(found.endpoint.dp_rank)
+            tokens = found.matched_blocks * size
+            scores.setdefault(pod, {})[rank] = tokens
             runs.append(found.matched_blocks)
+            gpu = found.by_medium.get(GPU, 0) * size
+            old = instances.get(pod)
+            ranks = {} if old is None else old.dp
+            ranks[rank] = tokens
+            best = tokens if old is None else max(old.longest_matched, tokens)
+            instances[pod] = schemas.DynamoInstance(
+                longest_matched=best,
+                gpu=gpu if old is None else max(old.gpu, gpu),
+                cpu=best,
+                disk=best,
+                dp=ranks,
+            )
         # frequencies[d]: the (instance, rank)s holding block d, i.e. with a run longer than d
         ending = [0] * max(runs, default=0)  # runs ending at each depth
         for run in runs:
             ending[run - 1] += 1
         frequencies = list(itertools.accumulate(reversed(ending)))[::-1]
-        return _ENCODE.encode(schemas.DynamoScores(scores=scores, frequencies=frequencies))
+        answer = schemas.DynamoScores(scores=scores, frequencies=frequencies, instances=instances)
+        return _ENCODE.encode(answer)
 
     # --- registration ----------------------------------------------------------------------------
     def register(self, body: bytes) -> schemas.DynamoStatus:
@@ -148,11 +168,11 @@ class DynamoApi:
         if request.additionalsalt:
             raise DynamoRejected(422, "bad_shape", "additionalsalt is not supported by kvsync")
         endpoint_id = EndpointId(str(request.instance_id), request.dp_rank)
-        known = {view.id for view in self._endpoints()}
-        if endpoint_id in known and endpoint_id not in self.registered:
-            raise DynamoRejected(
-                409, "conflict", f"{endpoint_id.pod} rank {endpoint_id.dp_rank} is a discovered pod"
-            )
+        where = f"instance {request.instance_id} dp_rank {request.dp_rank}"
+        if endpoint_id in self.registered:  # as Dynamo: unregister first
+            raise DynamoRejected(409, "conflict", f"{where} already registered")
+        if endpoint_id in {view.id for view in self._endpoints()}:
+            raise DynamoRejected(409, "conflict", f"{where} is a pod kvsync discovered")
         tenant = request.tenant_id or DEFAULT_TENANT
         endpoint = Endpoint(
             id=endpoint_id,
@@ -167,6 +187,8 @@ class DynamoApi:
         self.registered[endpoint_id] = Registration(
             request.instance_id, model, tenant, request.block_size, endpoint
         )
+        if request.model_name is not None:  # Dynamo's answer
+            return schemas.DynamoStatus(status="ok")
         return schemas.DynamoStatus(
             status="registered successfully", instance_id=request.instance_id
         )
@@ -188,9 +210,9 @@ class DynamoApi:
             del self.registered[endpoint_id]
             removed.append(f"{endpoint_id.pod}|{registration.tenant_id}|{endpoint_id.dp_rank}")
         if not removed:
-            raise DynamoRejected(
-                404, "not_found", f"instance {request.instance_id} is not registered"
-            )
+            raise DynamoRejected(404, "not_found", f"instance {request.instance_id} not found")
+        if request.modelname is None:  # Dynamo's answer
+            return schemas.DynamoStatus(status="ok")
         return schemas.DynamoStatus(status="unregistered successfully", removed_instances=removed)
 
     def workers(self) -> list[schemas.DynamoWorker]:
@@ -212,9 +234,13 @@ class DynamoApi:
                     instance_id=pod if registration is None else registration.instance_id,
                     source=REGISTERED if registration is not None else "discovery",
                     status=status,
+                    model_name=views[0].model if registration is None else registration.model_name,
+                    routing_group=DEFAULT_TENANT
+                    if registration is None
+                    else registration.tenant_id,
+                    block_size=None if registration is None else registration.block_size,
                     endpoints={rank: entry["endpoint"] for rank, entry in listeners.items()},
                     listeners=listeners,
-                    model_name=views[0].model if registration is None else registration.model_name,
                 )
             )
         return workers

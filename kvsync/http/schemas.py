@@ -232,23 +232,38 @@ class DynamoQueryWire(DynamoQuery, forbid_unknown_fields=True, frozen=True):
     token_ids: msgspec.Raw  # type: ignore[assignment]  # the same field, undecoded
 
 
+class DynamoInstance(msgspec.Struct, frozen=True):
+    """Dynamo 1.6's per-instance summary in ``/query``: matched tokens, longest over its ranks;
+    ``gpu`` those on GPU, ``cpu`` / ``disk`` the longest counting those tiers and above."""
+
+    longest_matched: int
+    gpu: int
+    cpu: int
+    disk: int
+    dp: dict[str, int]
+
+
 class DynamoScores(msgspec.Struct, frozen=True):
     """Dynamo's answer: matched tokens per instance, then per DP rank (both as strings);
-    ``frequencies[i]``: how many (instance, rank) hold query block i."""
+    ``frequencies[i]``: how many (instance, rank) hold query block i; ``instances``: the
+    per-instance summary Dynamo 1.6.1 adds."""
 
     scores: dict[str, dict[str, int]]
     frequencies: list[int]
+    instances: dict[str, DynamoInstance]
 
 
 class DynamoWorker(msgspec.Struct, frozen=True):
     """One instance in ``GET /workers`` (Dynamo's shape)."""
 
     instance_id: InstanceId
-    source: str  # "register" (POST /register) or kvsync's own discovery ("static", ...)
-    status: str  # active, pending (not live yet), failed
+    source: str  # "zmq" (POST /register, as Dynamo says) or "discovery" (kvsync's pods)
+    status: str  # active, pending (kvsync replays what it missed)
+    model_name: str
+    routing_group: str  # the tenant ("default")
+    block_size: int | None  # as registered (None: a discovered pod; kvsync reads it from events)
     endpoints: dict[str, str]  # dp_rank -> ZMQ address
     listeners: dict[str, dict[str, str]]  # dp_rank -> {endpoint, status}
-    model_name: str
 
 
 class DynamoStatus(msgspec.Struct, frozen=True, omit_defaults=True):

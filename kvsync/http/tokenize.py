@@ -8,9 +8,11 @@ completion form ``{"model", "prompt", "add_special_tokens"}`` or chat form ``{"m
 
 - Which pod: the runtime's ``engines()`` lists every subscribed endpoint's engine address
   (``Endpoint.engine``), deduplicated per pod. Pods whose endpoint model is ``model`` are tried
-  first, round robin; if none is, ``model`` may name a LoRA adapter (OpenAI-style), so every pod
-  is a candidate and one that does not serve it answers 404 and the next is tried. The tokens
-  then belong to (that pod's model, adapter ``model``). At most ``attempts`` pods per request.
+  first, round robin, those that failed in the last 10 s after the others; if none is,
+  ``model`` may name a LoRA adapter (OpenAI-style), so every pod is a candidate and one that does
+  not serve it answers 404 and the next is tried. The tokens then belong to (that pod's model,
+  adapter ``model``). Pods that refuse the connection or answer 404 are skipped at once; at most
+  ``attempts`` pods that answer with an error, and 8 pods in all, per request.
 - Cache: a bounded LRU of (model, exact request body) → tokens, by entries and by total tokens
   (uint32: 4 bytes each). Identical requests concurrent with a miss share its round trip.
 - Budget: ``timeout_s`` for the whole request, every attempt included; the socket timeouts
@@ -46,6 +48,8 @@ from kvsync.http.schemas import TokenId
 
 _IDLE_PER_ENGINE: Final = 8  # keep-alive connections kept per engine address
 _LOG_INTERVAL_S: Final = 60.0  # a failure kind is logged at most this often (with a count)
+_FAILED_S: Final = 10.0  # an engine that failed is tried after the others for this long
+_MAX_CANDIDATES: Final = 8  # pods asked per prompt at most (refusals are fast, but bounded)
 
 log = structlog.get_logger()
 
@@ -228,6 +232,7 @@ class Tokenizer:
         self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="kvsync-tokenize")
         self._turn = itertools.count()
         self._logged: dict[str, tuple[float, int]] = {}  # failure kind -> (last logged, since)
+        self._failed_at: dict[str, float] = {}  # engine url -> monotonic time of its last failure
 
     @property
     def cached(self) -> int:
@@ -289,18 +294,26 @@ class Tokenizer:
                 503, "no_engine", f"no subscribed pod of model {model!r} has an engine address"
             )
         budget = self.settings.timeout_s
-        deadline = asyncio.get_running_loop().time() + budget
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         start = next(self._turn) % len(candidates)
         order = candidates[start:] + candidates[:start]
+        now = time.monotonic()  # engines that failed lately go last (stable: the turn stays)
+        order.sort(key=lambda e: now - self._failed_at.get(e.url, -_FAILED_S) < _FAILED_S)
         outcomes: list[str] = []
-        for engine in order[: max(1, self.settings.attempts)]:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+        answered = 0  # a refused connection or a 404 is fast: only real answers use attempts
+        for engine in order[:_MAX_CANDIDATES]:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or answered >= max(1, self.settings.attempts):
                 break
             answer = await self._attempt(engine, body, remaining)
             if isinstance(answer, str):
                 outcomes.append(answer)
+                if not answer.startswith("not_served"):
+                    self._failed_at[engine.url] = time.monotonic()
+                answered += answer.startswith("engine_error")
                 continue
+            self._failed_at.pop(engine.url, None)
             lora_name = model if as_adapter else None
             return Tokenized(answer, engine.model, lora_name, engine.pod, cached=False)
         if not outcomes:

@@ -1,8 +1,12 @@
 """The Dynamo / Mooncake-compatible routes, called as their routers call them, against the real
 daemon and a simulated fleet: the same answers as /v1/match."""
 
+import os
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +15,7 @@ import pytest
 from kvsync.daemon.config import Settings
 from kvsync.daemon.runtime import Daemon
 from kvsync.sim.fleet import Fleet
+from kvsync.sim.workload import Mix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -77,6 +82,9 @@ def test_query_answers_the_same_as_v1_match_on_the_same_fleet(fleet: Fleet) -> N
                 assert dynamo.status_code == 200
                 answer = dynamo.json()
                 assert answer["scores"] == _by_match(http, tokens)
+                for instance, summary in answer["instances"].items():
+                    assert summary["dp"] == answer["scores"][instance]
+                    assert summary["longest_matched"] == max(summary["dp"].values())
                 ranks = [n for by_rank in answer["scores"].values() for n in by_rank.values()]
                 deepest = max(ranks, default=0) // fleet.block_size
                 assert len(answer["frequencies"]) == deepest
@@ -115,9 +123,10 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
                 }
                 registered = http.post("/register", json=body)
                 assert registered.status_code == 201, registered.text
-                assert registered.json() == {
-                    "status": "registered successfully", "instance_id": instance
-                }  # fmt: skip
+                assert registered.json() == {"status": "ok"}  # Dynamo 1.6.1's answer
+                again = http.post("/register", json=body)
+                assert again.status_code == 409
+                assert "already registered" in again.json()["error"]
             fleet.wait_for_subscribers()
             poll(
                 lambda: {w["status"] for w in http.get("/workers").json()} == {"active"},
@@ -127,7 +136,8 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
             assert sorted(w["instance_id"] for w in workers) == [1, 2, 4]
             two_ranks = next(w for w in workers if len(w["endpoints"]) == 2)
             assert set(two_ranks["listeners"]) == {"0", "1"}
-            assert {w["source"] for w in workers} == {"register"}
+            assert {w["source"] for w in workers} == {"zmq"}
+            assert {(w["routing_group"], w["block_size"]) for w in workers} == {("default", 16)}
             fleet.step(40)
             fleet.flush()
             query = fleet.sample_query()
@@ -149,9 +159,12 @@ def test_register_query_unregister_as_a_dynamo_client(fleet: Fleet) -> None:
                 return flat == want
 
             poll(answered, what="/query to answer the ground truth")
-            gone = http.post("/unregister", json={"instance_id": 2, "model_name": MODEL})
-            assert gone.status_code == 200
-            assert gone.json()["removed_instances"] == ["2|default|0", "2|default|1"]
+            gone = http.post("/unregister", json={"instance_id": 2, "modelname": MODEL})
+            assert gone.status_code == 200  # Mooncake's field name: Mooncake's answer
+            assert gone.json() == {
+                "status": "unregistered successfully",
+                "removed_instances": ["2|default|0", "2|default|1"],
+            }
             poll(
                 lambda: (
                     sorted(str(w["instance_id"]) for w in http.get("/workers").json()) == ["1", "4"]
@@ -210,3 +223,112 @@ def test_a_registration_may_not_take_over_a_discovered_pod(fleet: Fleet) -> None
             )
     finally:
         daemon.stop(2.0)
+
+
+DYNAMO_PYTHON = (
+    Path(os.environ.get("KVSYNC_TEST_CACHE", str(Path.home() / ".cache" / "kvsync-test")))
+    / "dynamo-venv"
+    / "bin"
+    / "python"
+)
+
+
+@pytest.mark.skipif(not DYNAMO_PYTHON.exists(), reason="no Dynamo (scripts/dynamo-indexer.sh)")
+def test_one_dynamo_client_gets_the_same_answers_from_dynamo_and_kvsync() -> None:
+    """The same calls, in the same order, against a running Dynamo 1.6.1 and kvsync (traffic
+    without LoRA adapters or salts: Dynamo keeps neither apart)."""
+    with Fleet(pods=3, dp_sizes=(1, 2), seed=11, adapter=None, mix=Mix(salt_share=0.0)) as fleet:
+        _same_answers(fleet)
+
+
+def _same_answers(fleet: Fleet) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dynamo = subprocess.Popen(
+        [str(DYNAMO_PYTHON), "-m", "dynamo.indexer", "--port", str(port), "--block-size", "16"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "DYN_LOG": "warn"},
+    )  # fmt: skip
+    daemon = _daemon(None)
+    try:
+        servers = {"dynamo": f"http://127.0.0.1:{port}", "kvsync": daemon.url}
+        clients = {name: httpx.Client(base_url=url, timeout=10) for name, url in servers.items()}
+
+        def healthy() -> bool:
+            try:
+                return clients["dynamo"].get("/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll(healthy, timeout=60, what="Dynamo's /health")
+        answers: dict[str, list[Any]] = {name: [] for name in servers}
+        instances = {pod: n for n, pod in enumerate(sorted({e.pod for e in fleet.ids}), start=1)}
+        for name, http in clients.items():
+            for endpoint in fleet.endpoints():
+                body = {
+                    "instance_id": instances[endpoint.id.pod], "endpoint": endpoint.pub,
+                    "model_name": MODEL, "block_size": fleet.block_size,
+                    "replay_endpoint": endpoint.replay, "dp_rank": endpoint.id.dp_rank,
+                }  # fmt: skip
+                answer = http.post("/register", json=body)
+                answers[name].append((answer.status_code, answer.json()))
+            poll(
+                lambda http=http: (
+                    len(http.get("/workers").json()) == len(instances)
+                    and {w["status"] for w in http.get("/workers").json()} == {"active"}
+                ),
+                what=f"{name}'s listeners",
+            )
+        for endpoint_id in fleet.ids:  # both have subscribed to every publisher
+            fleet.publisher(endpoint_id).wait_for_subscriber(10, count=2)
+        fleet.step(60)
+        fleet.flush()
+        assert answers["dynamo"] == answers["kvsync"]  # 201 {"status": "ok"} each
+        workers = {name: http.get("/workers").json() for name, http in clients.items()}
+        assert {tuple(sorted(w)) for w in workers["dynamo"]} == {
+            tuple(sorted(w)) for w in workers["kvsync"]
+        }
+        samples = [fleet.sample_query() for _ in range(30)]
+
+        def scores(name: str, tokens: list[int]) -> dict[str, dict[str, int]]:
+            body = {"model_name": MODEL, "token_ids": tokens}
+            answer = clients[name].post("/query", json=body).json()
+            found: dict[str, dict[str, int]] = {
+                instance: {rank: n for rank, n in ranks.items() if n}
+                for instance, ranks in answer["scores"].items()
+            }
+            return {instance: ranks for instance, ranks in found.items() if ranks}
+
+        def holders(name: str, tokens: list[int]) -> set[tuple[str, str]]:
+            return {(i, r) for i, ranks in scores(name, tokens).items() for r in ranks}
+
+        def agree() -> bool:
+            """The same holders from both; kvsync's depths are the ground truth's (Dynamo's
+            may be shorter on these streams: its answers are its own business here)."""
+            for q in samples:
+                tokens = list(q.token_ids)
+                truth = {
+                    (str(instances[e.pod]), str(e.dp_rank)): n * fleet.block_size
+                    for e, n in fleet.ground_truth(q).items()
+                }
+                kvsync = scores("kvsync", tokens)
+                flat = {(i, r): n for i, ranks in kvsync.items() for r, n in ranks.items()}
+                if flat != truth or holders("dynamo", tokens) != set(truth):
+                    return False
+            return True
+
+        poll(agree, timeout=30, what="the same holders from both, kvsync's depths true")
+        assert any(fleet.ground_truth(q) for q in samples)
+        one = {"model_name": MODEL, "token_ids": list(samples[0].token_ids)}
+        keys = {name: set(http.post("/query", json=one).json()) for name, http in clients.items()}
+        assert keys["dynamo"] == keys["kvsync"] == {"scores", "frequencies", "instances"}
+        for name, http in clients.items():
+            gone = http.post("/unregister", json={"instance_id": 1, "model_name": MODEL})
+            answers[name].append((gone.status_code, gone.json()))
+        assert answers["dynamo"][-1] == answers["kvsync"][-1]
+        for http in clients.values():
+            http.close()
+    finally:
+        daemon.stop(2.0)
+        dynamo.terminate()
+        dynamo.wait(10)

@@ -253,3 +253,13 @@ def test_a_model_naming_a_lora_adapter_matches_that_adapters_blocks() -> None:
                 assert base["matches"] == []  # the base model's context holds none of it
         finally:
             daemon.stop(2.0)
+
+
+def test_a_pod_whose_engine_is_down_is_skipped_for_one_that_answers(served: Served) -> None:
+    down, up = served.fleet.ids
+    served.fleet.engine_server(down.pod).close()
+    for n in range(4):  # new prompts: no cache; round robin would pick the dead pod half the time
+        answer = served.http.post("/v1/match", json={"model": MODEL, "prompt": f"kalo {n}"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["tokenized"]["pod"] == up.pod
+    assert served.fleet.engine_server(up.pod).hits["/tokenize"] == 4
