@@ -8,10 +8,11 @@ test deployments of tests/conftest.py.
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from kvsync.errors import IndexUnavailableError
+from kvsync.errors import ConfigError, IndexUnavailableError
 from kvsync.index.backend import BackendSettings, RedisSettings, open_backend
 from kvsync.index.memory.backend import MemoryBackend
 from kvsync.index.redis import layout
@@ -244,3 +245,33 @@ def test_an_endpoint_whose_lease_ran_out_is_not_answered(redis_cluster: RedisNod
         first.apply(EP, CTX, [chain_events(2, 1)], 0.0, 1)  # its owner writes again: renewed
         assert first.flush()
         assert answers(first.match(query(1, 5), 0.0)) == [(EP, 5)]
+
+
+def test_the_password_comes_from_a_file(redis_single: RedisNodes, tmp_path: Path) -> None:
+    (port,) = redis_single.ports
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")  # as a mounted Secret: the trailing newline is not part of it
+    admin = redis_single.node(port)
+    admin.config_set("requirepass", "s3cret")
+    try:
+        with pytest.raises(IndexUnavailableError, match="redis"):
+            open_backend("redis", BackendSettings(redis=RedisSettings(url=redis_single.url)))
+        with_password = RedisSettings(url=redis_single.url, password_file=str(secret))
+        opened = open_backend("redis", BackendSettings(redis=with_password))
+        assert isinstance(opened, RedisBackend)
+        try:
+            pair = Pair(opened)
+            pair.apply(EP, chain_events(1, 3))
+            pair.agree(query(1, 3))
+        finally:
+            opened.close()
+    finally:
+        admin.execute_command("AUTH", "s3cret")
+        admin.config_set("requirepass", "")
+        admin.close()
+
+
+def test_a_missing_password_file_is_a_configuration_error(tmp_path: Path) -> None:
+    missing = RedisSettings(url="redis://127.0.0.1:9", password_file=str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="--redis-password-file"):
+        open_backend("redis", BackendSettings(redis=missing))
