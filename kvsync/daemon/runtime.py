@@ -136,13 +136,38 @@ def endpoint_views(stats: IngestStats, now: float) -> list[EndpointView]:
     return views
 
 
-def engines_of(views: list[EndpointView]) -> list[Engine]:
-    """One engine per pod that has an address (its ranks share it), live endpoints first."""
-    seen: dict[str, Engine] = {}
-    for view in sorted(views, key=lambda v: v.state not in ("live", "reset")):
-        if view.engine is not None and view.id.pod not in seen:
-            seen[view.id.pod] = Engine(pod=view.id.pod, model=view.model, url=view.engine)
-    return list(seen.values())
+class EngineDirectory:
+    """A ``Sink`` in front of the shard filter that remembers every discovered endpoint's engine
+    address, so a shard (or a replica) tokenizes prompts with any pod of the model, not only the
+    pods it subscribes to. Written by discovery's thread, read by the HTTP loop's."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._endpoints: dict[EndpointId, Endpoint] = {}
+
+    def set_endpoint(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            self._endpoints[endpoint.id] = endpoint
+        self._sink.set_endpoint(endpoint)
+
+    def remove_endpoint(self, endpoint_id: EndpointId) -> None:
+        with self._lock:
+            self._endpoints.pop(endpoint_id, None)
+        self._sink.remove_endpoint(endpoint_id)
+
+    def engines(self, views: list[EndpointView]) -> list[Engine]:
+        """One engine per pod that has an address (its ranks share it): pods this replica
+        subscribes to and that are live first, then the other discovered ones."""
+        with self._lock:
+            known = list(self._endpoints.values())
+        live = {v.id for v in views if v.state in ("live", "reset")}
+        seen: dict[str, Engine] = {}
+        for endpoint in sorted(known, key=lambda e: (e.id not in live, e.id)):
+            if endpoint.engine is not None and endpoint.id.pod not in seen:
+                engine = Engine(pod=endpoint.id.pod, model=endpoint.model, url=endpoint.engine)
+                seen[endpoint.id.pod] = engine
+        return list(seen.values())
 
 
 def checked_registration(endpoint: Endpoint) -> Endpoint:
@@ -207,9 +232,11 @@ class Daemon:
         )
         # Discovery sees every endpoint; ingest gets only this shard's (all of them unsharded).
         self.shard = ShardSink(self.ingest, Shard(settings.shard_index, settings.shard_count))
-        self.discovery: Source = SOURCES[settings.discovery](settings, self.shard)
+        # ... and the engine directory every endpoint's engine: any shard tokenizes with any pod
+        self.engines = EngineDirectory(self.shard)
+        self.discovery: Source = SOURCES[settings.discovery](settings, self.engines)
         self.tokenizer = Tokenizer(
-            lambda: engines_of(self.endpoint_views()),
+            lambda: self.engines.engines(self.endpoint_views()),
             TokenizeSettings(
                 timeout_s=settings.tokenize_timeout_seconds,
                 cache_entries=settings.tokenize_cache_entries,

@@ -225,13 +225,16 @@ class EngineHttpServer:
                 self._send(reply)
 
             def _send(self, reply: EngineReply) -> None:
-                self.send_response(reply.status)
-                self.send_header("content-type", reply.content_type)
-                self.send_header("content-length", str(len(reply.body)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(reply.body)
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("content-type", reply.content_type)
+                    self.send_header("content-length", str(len(reply.body)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except ConnectionError:  # the client gave up (a timeout): nobody to answer
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815  # http.server's names
 

@@ -13,6 +13,7 @@ import pytest
 from kvsync import metrics
 from kvsync.daemon.config import Settings
 from kvsync.daemon.runtime import Daemon
+from kvsync.discovery.shards import owner
 from kvsync.model import EndpointId
 from kvsync.sim.engine_http import EngineReply, EngineRequest
 from kvsync.sim.fleet import DEFAULT_ADAPTER, Fleet
@@ -263,3 +264,28 @@ def test_a_pod_whose_engine_is_down_is_skipped_for_one_that_answers(served: Serv
         assert answer.status_code == 200, answer.text
         assert answer.json()["tokenized"]["pod"] == up.pod
     assert served.fleet.engine_server(up.pod).hits["/tokenize"] == 4
+
+
+def test_a_shard_tokenizes_with_pods_it_does_not_subscribe_to() -> None:
+    with Fleet(pods=1, dp_sizes=(1,), engine_http=True, seed=8, adapter=None) as fleet:
+        [endpoint] = fleet.endpoints()
+        other = next(i for i in range(8) if i != owner(endpoint.id, 8))
+        settings = Settings(
+            discovery="static",
+            endpoint=(endpoint,),
+            http_host="127.0.0.1",
+            http_port=0,
+            log_level="error",
+            shard_count=8,
+            shard_index=other,  # this replica subscribes to nothing
+        )
+        daemon = Daemon(settings)
+        daemon.start()
+        try:
+            with httpx.Client(base_url=daemon.url, timeout=10) as http:
+                assert http.get("/v1/pods").json()["pods"] == []
+                answer = http.post("/v1/match", json={"model": MODEL, "prompt": "kalo mine"})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["tokenized"]["pod"] == endpoint.id.pod
+        finally:
+            daemon.stop(2.0)
