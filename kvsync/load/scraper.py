@@ -15,9 +15,10 @@ pod (``kvsync.load.parse``).
 
 Endpoints come from discovery through the table (a ``Sink``); an endpoint without an engine
 address (the table's ``engine_url`` answers None) is not scraped. Results are counted in
-``kvsync_load_scrapes_total{result}`` (``ok`` or a ``LoadReason``) and failures logged at most
-once per ``LOG_EVERY_S`` per pod. An unexpected exception in a scrape's handling is counted
-(``internal``) and logged: it costs that scrape, never the thread.
+``kvsync_load_scrapes_total{result}`` (``ok`` or a ``LoadReason``); a failure is logged when a
+pod starts failing, then at most once per ``LOG_EVERY_S`` while it keeps failing. An unexpected
+exception in a scrape's handling is counted (``internal``) and logged: it costs that scrape,
+never the thread.
 """
 
 import asyncio
@@ -41,7 +42,7 @@ from kvsync.model import EndpointId
 
 log = structlog.get_logger()
 
-LOG_EVERY_S: Final = 30.0
+LOG_EVERY_S: Final = 600.0
 _OK: Final = metrics.LOAD_SCRAPES.labels(result="ok")
 
 
@@ -68,6 +69,7 @@ class _Target:
     started: float = 0.0
     timer: asyncio.TimerHandle | None = None
     logged_at: float = float("-inf")
+    failures: int = 0  # consecutive failed scrapes (logged when they start)
 
 
 def _assign(
@@ -226,6 +228,7 @@ class LoadScraper:
                 answer = error
             else:
                 _OK.inc()
+                target.failures = 0
                 now = time.monotonic()
                 for endpoint, engine in _assign(target, loads).items():
                     if engine is None:
@@ -239,7 +242,9 @@ class LoadScraper:
         for endpoint in target.ranks.values():
             self._table.record_failure(endpoint, answer.reason)
         now = time.monotonic()
-        if now - target.logged_at >= LOG_EVERY_S:
+        first = target.failures == 0
+        target.failures += 1
+        if first or now - target.logged_at >= LOG_EVERY_S:
             target.logged_at = now
             log.warning(
                 "load_scrape_failed", engine=target.url, reason=answer.reason, detail=answer.detail
