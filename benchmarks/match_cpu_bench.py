@@ -8,7 +8,11 @@ requests, so it counts the server's threads only: on a shared, loaded machine th
 latencies swing several-fold between runs while CPU per request moves far less. Compare two
 trees by running each (``PYTHONPATH=<tree>``), alternating. Prints one JSON document.
 
-    .venv/bin/python benchmarks/match_cpu_bench.py [--requests 2000] [--rounds 3]
+    .venv/bin/python benchmarks/match_cpu_bench.py [--requests 2000] [--rounds 3] [--with-load]
+
+``--with-load``: every endpoint also has a scraped load (the daemon's load table, filled as the
+scraper fills it), so each match carries 16 ``load`` objects: what a daemon scraping its engines
+answers. (The answer memo for ``/v1/feedback`` is always on, as in the daemon.)
 """
 
 import argparse
@@ -22,6 +26,7 @@ from pathlib import Path
 # The API test harness serves the same app as ``kvsync serve`` on a free port.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kvsync.http.loads import NO_LOAD, LoadViews
 from kvsync.index.memory import index
 from kvsync.model import EndpointId
 from tests.integration.api_harness import running_api, store
@@ -58,17 +63,38 @@ print(json.dumps([p50 * 1e3, p99 * 1e3]))
 SIZES = (0, 2048, 8192)
 
 
+def _load(with_load: bool) -> "LoadViews":
+    """``running_api``'s load argument: a load table with every endpoint scraped, or nothing."""
+    if not with_load:
+        return NO_LOAD
+    from kvsync.daemon.load_views import TableViews
+    from kvsync.load.table import LoadTable
+    from kvsync.load.values import EngineLoad
+    from kvsync.model import Endpoint
+
+    table = LoadTable(lambda endpoint: "http://127.0.0.1:8000")
+    for pod in range(16):
+        table.set_endpoint(Endpoint(EndpointId(f"default/pod-{pod}", 0), "llama", "tcp://x:1"))
+    table.take_changes()
+    for pod in range(16):
+        figures = EngineLoad(running=3, waiting=1, kv_cache_usage=0.5, prefix_queries=1000.0,
+                             prefix_hits=500.0)  # fmt: skip
+        table.record(EndpointId(f"default/pod-{pod}", 0), figures, time.monotonic())
+    return TableViews(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--with-load", action="store_true")
     args = parser.parse_args()
     prefix_index = index.PrefixIndex()
     for pod in range(16):
         endpoint = EndpointId(f"default/pod-{pod}", 0)
         store(prefix_index, endpoint, list(range(8192)), first_hash=pod * 10**6, block_size=16)
     runs: dict[int, list[tuple[float, float, float]]] = {size: [] for size in SIZES}
-    with running_api(prefix_index) as harness:
+    with running_api(prefix_index, load=_load(args.with_load)) as harness:
         for _ in range(args.rounds):
             for size in SIZES:
                 before = time.process_time()

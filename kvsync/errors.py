@@ -3,7 +3,8 @@
     KvsyncError
     ├── ConfigError        bad flag, env var or endpoint spec (the CLI exits 2)
     ├── DecodeError        a ZMQ message that is not a valid KV-event frame (counted, skipped)
-    └── IndexUnavailableError  the index backend cannot answer now (Redis unreachable: 503)
+    ├── IndexUnavailableError  the index backend cannot answer now (Redis unreachable: 503)
+    └── LoadError          an engine's /metrics that could not be read or used (counted, marked)
 
 Library exceptions (msgspec, zmq, kubernetes, redis) are wrapped at the edge that owns the
 library and chained as ``__cause__``, so callers handle kvsync's errors only.
@@ -49,3 +50,25 @@ class DecodeError(KvsyncError):
 class IndexUnavailableError(KvsyncError):
     """The index backend cannot answer or take writes now (Redis unreachable, a failover in
     progress); the message says why. Lookups answer 503 with it; writes are kept and retried."""
+
+
+class LoadReason(enum.StrEnum):
+    """Why an engine's ``/metrics`` scrape failed: the metric label and the state's detail."""
+
+    TIMEOUT = "timeout"  # no whole answer within --load-timeout-seconds
+    UNREACHABLE = "unreachable"  # connection refused, reset or closed early
+    HTTP_STATUS = "http_status"  # an answer other than 200
+    BAD_HTTP = "bad_http"  # not HTTP/1.1, or a body over the size limit
+    NOT_VLLM = "not_vllm"  # no vllm:num_requests_running / _waiting in the text
+    UNPARSABLE = "unparsable"  # prometheus-client's parser rejected the text
+    BAD_VALUE = "bad_value"  # NaN, infinite or negative figure; an engine label not a rank
+    INTERNAL = "internal"  # any other exception while scraping: a bug, but never a crash
+
+
+class LoadError(KvsyncError):
+    """An engine's ``/metrics`` could not be used; ``reason`` is a ``LoadReason``."""
+
+    def __init__(self, reason: LoadReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

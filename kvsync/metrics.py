@@ -18,13 +18,23 @@ Any thread may observe the pushed metrics (prometheus_client is thread-safe). Ra
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvsync.model import EndpointState
+
+
+class AuditVerdict(Protocol):
+    """``kvsync.audit.ledger.Verdict`` as the metrics read it."""
+
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def error_tokens(self) -> int | None: ...
+
 
 # Sub-millisecond buckets: a lookup or a lock wait is normally tens of microseconds.
 _FAST_BUCKETS: Final = (
@@ -102,8 +112,8 @@ TOKENIZE_CACHE: Final = Counter(
 )
 API_REQUESTS: Final = Counter(
     "kvsync_api_requests",
-    "Requests to the routes other than /v1/match (hint, explain, the Dynamo/Mooncake API), by "
-    "route and result (ok, or the rejection)",
+    "Requests to the routes other than /v1/match (hint, feedback, explain, the Dynamo/Mooncake "
+    "API), by route and result (ok, or the rejection)",
     ["route", "result"],
     registry=None,
 )
@@ -113,6 +123,50 @@ HINTS: Final = Counter(
     ["result"],
     registry=None,
 )
+
+LOAD_SCRAPES: Final = Counter(
+    "kvsync_load_scrapes",
+    "Scrapes of engines' /metrics, by result (ok, or the failure: timeout, unreachable, ...)",
+    ["result"],
+    registry=None,
+)
+LOAD_SCRAPE_DURATION: Final = Histogram(
+    "kvsync_load_scrape_duration_seconds",
+    "Time of one engine /metrics scrape, connect to parsed figures (failures included)",
+    buckets=_LAG_BUCKETS,
+    registry=None,
+)
+AUDIT_PREDICTIONS: Final = Counter(
+    "kvsync_audit_predictions",
+    "Routed requests whose engine reported its cached tokens, by model and outcome "
+    "(exact, over, under: kvsync's prediction against the engine's; unknown: no answer kept)",
+    ["model", "outcome"],
+    registry=None,
+)
+AUDIT_ERROR_TOKENS: Final = Histogram(
+    "kvsync_audit_error_tokens",
+    "Predicted minus engine-reported cached tokens of routed requests, by model",
+    ["model"],
+    buckets=(-4096, -1024, -256, -64, -16, -1, 0, 16, 64, 256, 1024, 4096),
+    registry=None,
+)
+
+# Model names come from requests: past this many, the rest are counted as "other".
+MAX_AUDIT_MODELS: Final = 100
+_audit_models: set[str] = set()
+
+
+def observe_verdict(model: str, verdict: "AuditVerdict") -> None:
+    """The audit's hook (``kvsync.audit.ledger.Audit(on_verdict=...)``): one routed request."""
+    if model not in _audit_models:
+        if len(_audit_models) >= MAX_AUDIT_MODELS:
+            model = "other"
+        else:
+            _audit_models.add(model)
+    AUDIT_PREDICTIONS.labels(model=model, outcome=verdict.outcome).inc()
+    if verdict.error_tokens is not None:
+        AUDIT_ERROR_TOKENS.labels(model=model).observe(verdict.error_tokens)
+
 
 _WAIT_BY_SIDE: Final = {side: LOCK_WAIT.labels(side=side) for side in ("ingest", "http")}
 _HOLD_BY_SIDE: Final = {side: LOCK_HOLD.labels(side=side) for side in ("ingest", "http")}
@@ -137,6 +191,10 @@ PUSHED: Final = (
     TOKENIZE_CACHE,
     API_REQUESTS,
     HINTS,
+    LOAD_SCRAPES,
+    LOAD_SCRAPE_DURATION,
+    AUDIT_PREDICTIONS,
+    AUDIT_ERROR_TOKENS,
 )
 
 

@@ -96,6 +96,13 @@ class Settings:
     idle_ttl_seconds: float = _LIMITS.idle_ttl_seconds
     replay_timeout_seconds: float = 5.0
     replay_cooldown_seconds: float = 30.0
+    # Engines' /metrics (kvsync.load); an interval of 0 turns scraping off.
+    load_interval_seconds: float = 1.0
+    load_timeout_seconds: float = 0.5
+    load_concurrency: int = 32
+    # Answers kept for POST /v1/feedback (kvsync.audit); 0 keeps none.
+    audit_window_seconds: float = 300.0
+    audit_max_answers: int = 100_000
     drain_seconds: float = 5.0
     stop_timeout_seconds: float = 5.0
     log_level: LogLevel = "info"
@@ -195,6 +202,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "a replay fails after this long without a reply (cap: this + 50 ms per batch)"),
     Option("replay_cooldown_seconds", seconds(allow_zero=True),
            "wait after a failed replay before the next"),
+    Option("load_interval_seconds", seconds(allow_zero=True),
+           "scrape every engine's /metrics this often (0: never)"),
+    Option("load_timeout_seconds", seconds(allow_zero=False),
+           "a /metrics scrape fails after this long, connect to last byte"),
+    Option("load_concurrency", int_in(1, 4096), "most /metrics scrapes in flight at once"),
+    Option("audit_window_seconds", seconds(allow_zero=True),
+           "keep each /v1/match answer this long for /v1/feedback (0: keep none)"),
+    Option("audit_max_answers", int_in(0, 1 << 24), "most /v1/match answers kept for feedback"),
     Option("drain_seconds", seconds(allow_zero=True), "keep answering after SIGTERM this long"),
     Option("stop_timeout_seconds", seconds(allow_zero=False), "stop budget per component"),
     Option("log_level", choice("debug", "info", "warning", "error"), "log level"),

@@ -4,8 +4,10 @@
 ``kvsync.index.backend``), the ingest thread (``SubscriberManager``), the discovery ``Source``
 (``--discovery``: ``SOURCES``, through the ``ShardSink`` that keeps this replica's share of the
 endpoints: ``--shard-count`` / ``--shard-index``) and the HTTP server. ``start()`` starts them
-(ingest first, so discovery's commands find it running); ``stop(budget)`` stops discovery, HTTP,
-then ingest, each joined within the budget.
+(ingest first, so discovery's commands find it running), then the load scraper (``kvsync.load``:
+every engine's ``/metrics``, its own thread; discovery feeds it and the audit beside ingest
+through ``Tee``); ``stop(budget)`` stops discovery, HTTP, load, then ingest, each joined within
+the budget.
 
 ``run(settings)`` is ``kvsync serve``: it installs the signal handlers and waits. On the first
 SIGTERM or SIGINT ``/readyz`` turns 503, the daemon keeps answering for ``drain_seconds`` (so
@@ -30,8 +32,11 @@ from typing import Final
 import structlog
 
 from kvsync import metrics
+from kvsync.audit.ledger import Audit
+from kvsync.audit.memo import AnswerMemo
 from kvsync.daemon.config import Settings
-from kvsync.discovery.base import Sink, Source
+from kvsync.daemon.load_views import TableViews, audit_view, load_view
+from kvsync.discovery.base import Sink, Source, Tee
 from kvsync.discovery.endpoints import split_tcp_address
 from kvsync.discovery.kubernetes.source import Informer, InformerOptions, api_client
 from kvsync.discovery.shards import Shard, ShardSink
@@ -47,6 +52,8 @@ from kvsync.index.backend import BackendSettings, IndexBackend, RedisSettings, o
 from kvsync.index.values import Limits
 from kvsync.ingest.manager import SubscriberManager
 from kvsync.ingest.values import IngestSettings, IngestStats, ReplaySettings
+from kvsync.load.scraper import LoadScraper, LoadSettings
+from kvsync.load.table import LoadTable
 from kvsync.model import Endpoint, EndpointId
 
 log = structlog.get_logger()
@@ -83,8 +90,15 @@ SOURCES: Final[dict[str, Callable[[Settings, Sink], Source]]] = {
 }
 
 
-def pod_rows(stats: IngestStats, now: float) -> list[schemas.PodStatus]:
-    """``GET /v1/pods`` rows from an ingest snapshot, sorted by pod and rank."""
+def pod_rows(
+    stats: IngestStats,
+    now: float,
+    *,
+    load: Callable[[EndpointId], schemas.EndpointLoad | None] = lambda _endpoint: None,
+    audit: Callable[[EndpointId], schemas.EndpointAudit | None] = lambda _endpoint: None,
+) -> list[schemas.PodStatus]:
+    """``GET /v1/pods`` rows from an ingest snapshot (and the load and audit of each endpoint),
+    sorted by pod and rank."""
     rows = []
     for found in stats.endpoints:
         endpoint = found.endpoint
@@ -107,6 +121,8 @@ def pod_rows(stats: IngestStats, now: float) -> list[schemas.PodStatus]:
                 duplicates=found.duplicates,
                 reset_reasons=dict(found.reset_reasons),
                 engine=endpoint.engine,
+                load=load(endpoint.id),
+                audit=audit(endpoint.id),
             )
         )
     rows.sort(key=lambda row: (row.pod, row.dp_rank))
@@ -230,11 +246,32 @@ class Daemon:
             on_lag=metrics.EVENT_LAG.observe,
             on_reset=self.hints.forget,  # a reset or removed endpoint's hints are void
         )
+        self.load_table = LoadTable(lambda endpoint: endpoint.engine)
+        self.load = LoadScraper(
+            self.load_table,
+            LoadSettings(
+                interval_s=settings.load_interval_seconds,
+                timeout_s=settings.load_timeout_seconds,
+                concurrency=settings.load_concurrency,
+            ),
+        )
+        self.audit = Audit(
+            AnswerMemo(
+                window_s=settings.audit_window_seconds, max_answers=settings.audit_max_answers
+            ),
+            counters=self.load_table.counters,
+            on_verdict=metrics.observe_verdict,
+            known_only=True,
+        )
         # Discovery sees every endpoint; ingest gets only this shard's (all of them unsharded).
+        # The load table and the audit get them all: every replica answers for every endpoint.
         self.shard = ShardSink(self.ingest, Shard(settings.shard_index, settings.shard_count))
         # ... and the engine directory every endpoint's engine: any shard tokenizes with any pod
         self.engines = EngineDirectory(self.shard)
-        self.discovery: Source = SOURCES[settings.discovery](settings, self.engines)
+        self.discovery: Source = SOURCES[settings.discovery](
+            settings, Tee(self.engines, self.load_table, self.audit)
+        )
+        self.sink = Tee(self.ingest, self.load_table, self.audit)  # Dynamo's registrations
         self.tokenizer = Tokenizer(
             lambda: self.engines.engines(self.endpoint_views()),
             TokenizeSettings(
@@ -245,14 +282,16 @@ class Daemon:
         dynamo = DynamoApi(
             reader=self.index,
             endpoints=self.endpoint_views,
-            register=lambda e: self.ingest.set_endpoint(checked_registration(e)),
-            unregister=self.ingest.remove_endpoint,
+            register=lambda e: self.sink.set_endpoint(checked_registration(e)),
+            unregister=self.sink.remove_endpoint,
             max_query_tokens=settings.max_query_tokens,
         )
         app = create_app(
             Api(
                 reader=self.index,
-                pods=lambda: pod_rows(self.ingest.snapshot(), time.monotonic()),
+                pods=self._pod_rows,
+                load=TableViews(self.load_table),
+                audit=self.audit,
                 event_age=self._event_age,
                 health=self,
                 registry=metrics.registry(self.metrics_snapshot),
@@ -285,6 +324,15 @@ class Daemon:
         shard = self.shard.shard
         return schemas.ShardStatus(
             index=shard.index, count=shard.count, skipped_endpoints=self.shard.skipped
+        )
+
+    def _pod_rows(self) -> list[schemas.PodStatus]:
+        now = time.monotonic()
+        return pod_rows(
+            self.ingest.snapshot(),
+            now,
+            load=lambda endpoint: load_view(self.load_table.get(endpoint), now),
+            audit=lambda endpoint: audit_view(self.audit.endpoint(endpoint)),
         )
 
     def _event_age(self, endpoint: EndpointId) -> float | None:
@@ -346,6 +394,7 @@ class Daemon:
     def start(self, timeout_s: float = 10.0) -> None:
         """Start every component; ``ConfigError`` if the HTTP server cannot come up."""
         self.ingest.start()
+        self.load.start()
         self.discovery.start()
         self.http.start()
         if not self.http.wait_started(timeout_s):
@@ -362,6 +411,8 @@ class Daemon:
             return "ingest"
         if self.http_crashed.is_set():
             return "http"
+        if self.load.failed.is_set():
+            return "load"
         return None
 
     def stop(self, budget_s: float) -> bool:
@@ -371,6 +422,7 @@ class Daemon:
         for name, stop in (
             ("discovery", self.discovery.stop),
             ("http", self.http.stop),
+            ("load", self.load.stop),
             ("ingest", self.ingest.stop),
             ("tokenizer", self._stop_tokenizer),
             ("index", self.index.close),  # after ingest: its last writes go out

@@ -121,6 +121,21 @@ class Sink(Protocol):
     def remove_endpoint(self, endpoint_id: EndpointId) -> None: ...
 
 
+class Tee:
+    """A ``Sink`` handing every command to each of its sinks in turn (ingest, the load table)."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self._sinks = sinks
+
+    def set_endpoint(self, endpoint: Endpoint) -> None:
+        for sink in self._sinks:
+            sink.set_endpoint(endpoint)
+
+    def remove_endpoint(self, endpoint_id: EndpointId) -> None:
+        for sink in self._sinks:
+            sink.remove_endpoint(endpoint_id)
+
+
 def send(sink: Sink, commands: list[Command]) -> None:
     """Hand each command to the sink, in order (removals first, as ``diff`` sorts them)."""
     for command in commands:

@@ -5,13 +5,15 @@ apart from reading the hint index (``kvsync.http.hints``, thread-safe).
 the pod that tokenized it (the request's ``model`` may have named an adapter). ``speculative``
 asks the hint index for blocks after each endpoint's matched ones, hashing the query only when
 the index holds hints for its context. ``match_response`` builds the answer: the backend's
-matches in order, each with its speculative blocks, then endpoints with hints only. Raises
-nothing.
+matches in order, each with its speculative blocks and its engine's load
+(``kvsync.http.loads``), then endpoints with hints only; with ``load_weight``, every endpoint of
+the model ranked by cache and load (``loads.weigh``). Raises nothing.
 """
 
+import time
 from collections.abc import Callable, Sequence
 
-from kvsync.http import schemas
+from kvsync.http import loads, schemas
 from kvsync.http.hints import HintContext, HintIndex
 from kvsync.http.tokenize import Tokenized
 from kvsync.index import keys, values
@@ -67,15 +69,17 @@ def match_response(
     *,
     event_age: Callable[[EndpointId], float | None],
     tokenized: Tokenized | None,
+    load: loads.LoadViews = loads.NO_LOAD,
 ) -> schemas.MatchResponse:
     """``POST /v1/match``'s answer (``speculative`` is consumed)."""
     tokens = len(query.token_ids)
-    matches = []
+    seen = time.monotonic()
+    matches: list[schemas.EndpointMatch] = []
     for found in result.matches:
         # A context with several block sizes answers each endpoint in its own block size.
         size = found.block_size or result.block_size
         matches.append(
-            schemas.EndpointMatch(
+            schemas.EndpointMatchWire(
                 pod=found.endpoint.pod,
                 dp_rank=found.endpoint.dp_rank,
                 matched_blocks=found.matched_blocks,
@@ -85,11 +89,12 @@ def match_response(
                 by_medium=dict(found.by_medium),
                 last_event_age_s=event_age(found.endpoint),
                 speculative_blocks=speculative.pop(found.endpoint, 0),
+                load=load.encoded(found.endpoint, seen),
             )
         )
     for endpoint, blocks in sorted(speculative.items()):  # hinted, nothing matched yet
         matches.append(
-            schemas.EndpointMatch(
+            schemas.EndpointMatchWire(
                 pod=endpoint.pod,
                 dp_rank=endpoint.dp_rank,
                 matched_blocks=0,
@@ -99,7 +104,19 @@ def match_response(
                 by_medium={},
                 last_event_age_s=event_age(endpoint),
                 speculative_blocks=blocks,
+                load=load.encoded(endpoint, seen),
             )
+        )
+    if request.load_weight is not None:
+        matches = loads.weigh(
+            matches,
+            weight=request.load_weight,
+            model=query.model,
+            pods=query.pods,
+            query_blocks=result.query_blocks,
+            load=load,
+            seen=seen,
+            event_age=event_age,
         )
     return schemas.MatchResponse(
         model=request.model,

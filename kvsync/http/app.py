@@ -1,13 +1,14 @@
 """The HTTP API (Starlette app) and the thread that serves it (uvicorn). I/O edge.
 
 Routes: ``POST /v1/match`` (token ids, a prompt or chat messages), ``POST /v1/hint``,
-``POST /v1/explain``, ``GET /v1/pods``, the Dynamo / Mooncake routes (``POST /query``,
-``/register``, ``/unregister``, ``GET /workers``: ``kvsync.http.dynamo``), all behind the
-optional bearer token; ``GET /health``, ``/livez``, ``/readyz``, ``/metrics``,
-``/openapi.json``. Contract: docs/architecture.md and the design's §5. Every rejection is
-``{"error": "<message>"}`` with its status, counted in ``kvsync_match_requests_total{result}``
-(``/v1/match``) or ``kvsync_api_requests_total{route,result}``; bad input is a 4xx. A 5xx means
-a prompt could not be tokenized (502 engine error, 503 no engine, 504 timeout:
+``POST /v1/feedback`` (the audit: ``kvsync.audit``), ``POST /v1/explain``, ``GET /v1/pods``,
+the Dynamo / Mooncake routes (``POST /query``, ``/register``, ``/unregister``, ``GET /workers``:
+``kvsync.http.dynamo``), all behind the optional bearer token; ``GET /health``, ``/livez``,
+``/readyz``, ``/metrics``, ``/openapi.json``. Contract: docs/architecture.md and the design's
+§5. Every rejection is ``{"error": "<message>"}`` with its status, counted in
+``kvsync_match_requests_total{result}`` (``/v1/match``) or
+``kvsync_api_requests_total{route,result}``; bad input is a 4xx. A 5xx means a prompt could not
+be tokenized (502 engine error, 503 no engine, 504 timeout:
 ``kvsync.http.tokenize``) or explain is not available (501).
 
 ``POST /v1/match`` and ``POST /query``, the routes routers call on every request, are answered
@@ -16,7 +17,8 @@ the hot path (they cost more than the lookup itself for short prompts). A reques
 never awaits anything after its body; a prompt awaits its tokens (the cache, else the engine).
 Every other path, and a wrong method, goes through the Starlette app. Both paths run the same
 checks in the same order. Hints (``kvsync.http.hints``) add ``speculative_blocks`` to an answer
-only when the side index holds some for the query's context.
+only when the side index holds some for the query's context; every match carries its engines'
+``load`` (``kvsync.http.loads``) and is remembered for ``/v1/feedback`` (``kvsync.audit.memo``).
 
 Threads: ``kvsync.http.server`` runs this app on uvicorn's own thread (one asyncio loop).
 Handlers are ``async def`` and block only inside the index backend's ``match`` (one call per
@@ -42,8 +44,10 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kvsync import metrics
+from kvsync.audit.ledger import Audit
+from kvsync.audit.memo import AnswerMemo
 from kvsync.errors import IndexUnavailableError
-from kvsync.http import answers, schemas
+from kvsync.http import answers, feedback, loads, schemas
 from kvsync.http.dynamo import DynamoApi, DynamoRejected
 from kvsync.http.explain import RemovalSeq, explain_response
 from kvsync.http.hints import DEFAULT_TTL_S, MAX_TTL_S, HintIndex
@@ -70,6 +74,7 @@ _AUTH_CHALLENGE: Final = [(b"www-authenticate", b"Bearer")]
 _DECODE: Final = msgspec.json.Decoder(schemas.MatchRequest)
 _DECODE_WIRE: Final = msgspec.json.Decoder(schemas.MatchRequestWire)
 _DECODE_HINT: Final = msgspec.json.Decoder(schemas.HintRequest)
+_DECODE_FEEDBACK: Final = msgspec.json.Decoder(schemas.FeedbackRequest)
 _ENCODE: Final = msgspec.json.Encoder()
 _MATCH_OK: Final = metrics.MATCH_REQUESTS.labels(result="ok")
 _QUERY_OK: Final = metrics.API_REQUESTS.labels(route="query", result="ok")
@@ -125,8 +130,12 @@ class Api:
         dynamo: DynamoApi | None = None,
         removal_seq: RemovalSeq = lambda _endpoint, _at: None,
         shard: Callable[[], schemas.ShardStatus] = lambda: schemas.UNSHARDED,
+        load: loads.LoadViews = loads.NO_LOAD,
+        audit: Audit | None = None,
     ) -> None:
         self.dynamo = dynamo
+        self._load = load
+        self.audit = audit or Audit(AnswerMemo(), on_verdict=metrics.observe_verdict)
         self._removal_seq = removal_seq
         self._reader = reader
         self._endpoints = endpoints
@@ -205,9 +214,16 @@ class Api:
     ) -> schemas.MatchResponse:
         query = answers.query_of(request, token_ids, tokenized)
         result = self._match(query)
+        self.audit.memo.remember(query, result, time.time())
         speculative = answers.speculative(self.hints, query, result) if len(self.hints) else {}
         return answers.match_response(
-            request, query, result, speculative, event_age=self._event_age, tokenized=tokenized
+            request,
+            query,
+            result,
+            speculative,
+            event_age=self._event_age,
+            tokenized=tokenized,
+            load=self._load,
         )
 
     async def match_raw(
@@ -341,6 +357,18 @@ class Api:
             return 200, _ENCODE.encode(answer)
 
         return await self._json_route(request, "hint", handle)
+
+    async def feedback(self, request: Request) -> Response:
+        """``POST /v1/feedback``: judge a routed request against the answer given for it."""
+
+        async def handle(body: bytes) -> tuple[int, bytes]:
+            report = strict_decode(_DECODE_FEEDBACK, body)
+            token_ids, tokenized = await self._tokens(report)
+            query = self._query(report, token_ids, tokenized)  # the same key as its match
+            verdict = self.audit.judge(feedback.report_of(report, query), time.time())
+            return 200, _ENCODE.encode(feedback.verdict_response(verdict))
+
+        return await self._json_route(request, "feedback", handle)
 
     async def explain(self, request: Request) -> Response:
         """``POST /v1/explain``: the match, and why each endpoint's run stops where it does."""
@@ -489,6 +517,7 @@ def create_app(api: Api) -> App:
     """The ASGI application serving ``api``."""
     routes = [
         Route("/v1/match", api.match, methods=["POST"]),
+        Route("/v1/feedback", api.feedback, methods=["POST"]),
         Route("/v1/pods", api.pods, methods=["GET"]),
         Route("/v1/hint", api.hint, methods=["POST"]),
         Route("/v1/explain", api.explain, methods=["POST"]),

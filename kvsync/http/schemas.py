@@ -17,6 +17,8 @@ from kvsync.model import TOKEN_LIMIT
 
 TokenId = Annotated[int, msgspec.Meta(ge=0, lt=TOKEN_LIMIT)]
 LoraId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+LoadWeight = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+TokenCount = Annotated[int, msgspec.Meta(ge=0, lt=TOKEN_LIMIT)]
 
 
 ChatMessage = dict[str, Any]  # an OpenAI chat message, passed to the engine as it is
@@ -42,6 +44,8 @@ class MatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     lora_id: LoraId | None = None
     cache_salt: str | None = None
     pods: list[str] | None = None  # restrict to these pod names (all their DP ranks)
+    # 0..1: rank by (1 - w) x cache + w x (1 - load) over every endpoint of the model (README)
+    load_weight: LoadWeight | None = None
 
 
 class MatchRequestWire(MatchRequest, forbid_unknown_fields=True, frozen=True):
@@ -52,6 +56,18 @@ class MatchRequestWire(MatchRequest, forbid_unknown_fields=True, frozen=True):
 
     # the same field, undecoded; empty (``len() == 0``) when absent: a prompt or messages
     token_ids: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
+
+
+class EndpointLoad(msgspec.Struct, frozen=True):
+    """An engine's load as kvsync last scraped it from its ``/metrics``."""
+
+    state: str  # ok, failing (the last scrape failed: error says why), pending (none yet)
+    age_s: float | None  # seconds since the figures below were read; None: never
+    running: float | None  # requests in the engine's running batch
+    waiting: float | None  # requests queued in the engine
+    kv_cache_usage: float | None  # 0..1 of the KV-cache blocks in use
+    prefix_hit_rate: float | None  # 0..1, the engine's own, over the last minute
+    error: str | None  # why the last scrape failed (timeout, unreachable, not_vllm, ...)
 
 
 class EndpointMatch(msgspec.Struct, frozen=True):
@@ -68,6 +84,16 @@ class EndpointMatch(msgspec.Struct, frozen=True):
     # blocks after the matched ones that a hint (POST /v1/hint) says are on their way; never
     # counted in matched_blocks, matched_tokens, percent or score
     speculative_blocks: int = 0
+    load: EndpointLoad | None = None  # None: kvsync does not scrape this endpoint's engine
+
+
+class EndpointMatchWire(EndpointMatch, frozen=True):
+    """``EndpointMatch`` as the handler encodes it: ``load`` is the endpoint's ``EndpointLoad``
+    already encoded (``kvsync.daemon.load_views`` keeps each endpoint's JSON from scrape to
+    scrape and writes only the age per answer: building and encoding 16 loads was a third of an
+    8k lookup's CPU). The OpenAPI document describes ``EndpointMatch``."""
+
+    load: msgspec.Raw | None = None  # type: ignore[assignment]  # the same field, encoded
 
 
 class TokenizedBy(msgspec.Struct, frozen=True):
@@ -108,6 +134,41 @@ class PodStatus(msgspec.Struct, frozen=True):
     duplicates: int  # live copies of batches a replay had already applied, skipped
     reset_reasons: dict[str, int]  # resets by reason (restart, hole, lost_removal, ...)
     engine: str | None = None  # http://host:port of the pod's vLLM HTTP server, if known
+    load: EndpointLoad | None = None  # None: kvsync does not scrape this endpoint's engine
+    audit: "EndpointAudit | None" = None  # None: no feedback about this endpoint yet
+
+
+class EndpointAudit(msgspec.Struct, frozen=True):
+    """What ``POST /v1/feedback`` reports about one endpoint say, since the first one."""
+
+    requests: int
+    exact: int
+    over: int
+    under: int
+    unknown: int
+    predicted_hit_rate: float | None  # kvsync's predicted cached / prompt tokens of those
+    reported_hit_rate: float | None  # the engine-reported cached / prompt tokens of the same
+    engine_hit_rate: float | None  # the engine's counters since kvsync first scraped it
+    drift: float | None  # predicted_hit_rate - engine_hit_rate
+
+
+class FeedbackRequest(MatchRequest, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``POST /v1/feedback``: the request (as ``/v1/match`` took it) was routed to ``pod``,
+    rank ``dp_rank``, whose engine reported ``cached_tokens`` for it (vLLM's
+    ``usage.prompt_tokens_details.cached_tokens``; 0 when it sends no details)."""
+
+    pod: str
+    dp_rank: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cached_tokens: TokenCount
+
+
+class FeedbackResponse(msgspec.Struct, frozen=True):
+    """The verdict on one routed request."""
+
+    outcome: str  # exact, over, under, unknown (no answer kept for that query)
+    predicted_tokens: int | None  # what kvsync's answer implied the engine would reuse
+    cached_tokens: int
+    error_tokens: int | None  # predicted - cached
 
 
 class ShardStatus(msgspec.Struct, frozen=True):
@@ -311,7 +372,8 @@ def openapi() -> dict[str, Any]:
     (_, components) = msgspec.json.schema_components(
         [
             MatchRequest, MatchResponse, PodsResponse, ErrorResponse, StatusResponse,
-            HintRequest, HintResponse, ExplainResponse, DynamoQuery, DynamoScores,
+            HintRequest, HintResponse, FeedbackRequest, FeedbackResponse, ExplainResponse,
+            DynamoQuery, DynamoScores,
             DynamoRegister, DynamoUnregister, DynamoStatus, list[DynamoWorker],
         ],
         ref_template="#/components/schemas/{name}",
@@ -348,6 +410,19 @@ def openapi() -> dict[str, Any]:
                     "responses": {
                         "200": _json("HintResponse", "hinted"),
                         "404": _json("ErrorResponse", "the pod is not subscribed"),
+                        **errors,
+                        **tokenize_errors,
+                    },
+                }
+            },
+            "/v1/feedback": {
+                "post": {
+                    "summary": "What the engine reported for a request routed on an answer: "
+                    "kvsync's audit (exact, over, under, unknown)",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json("FeedbackRequest", "the report")},
+                    "responses": {
+                        "200": _json("FeedbackResponse", "the verdict"),
                         **errors,
                         **tokenize_errors,
                     },

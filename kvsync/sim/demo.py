@@ -4,21 +4,27 @@ I/O edge, main thread. The fleet (``kvsync.sim``) publishes the real wire format
 the daemon (``kvsync.daemon.runtime.Daemon``) subscribes to it exactly as ``kvsync serve
 --endpoint`` would and serves its HTTP API on 127.0.0.1. Every ``--sample-seconds`` the demo pauses
 the traffic, waits until the daemon has applied every published batch, asks ``POST /v1/match``
-about a realistic prompt over HTTP and compares the answer with the fleet's ground truth. Each
+about a realistic prompt over HTTP and compares the answer with the fleet's ground truth; then it
+routes that prompt as a router would (to the best match, else any endpoint), and reports the
+engine's ``cached_tokens`` to ``POST /v1/feedback``: the audit line counts kvsync's verdicts. Each
 simulated pod also serves vLLM's ``/tokenize`` (``kvsync.sim.engine_http``), so the printed
-``curl`` asks by text prompt.
+``curl`` asks by text prompt, and vLLM's ``/metrics``: the table shows what the daemon scraped from
+it (running and waiting requests, KV-cache usage, prefix-cache hit rate).
 
 On a terminal the view is a ``rich`` live table; otherwise one plain line per refresh. The run
 ends after ``--duration`` seconds or on Ctrl-C, with a final line
-``summary samples=N agreed=N disagreed=0 ...``; the exit code is 0 when every sample agreed, 1
-otherwise, 2 for bad options. Raises nothing to the CLI.
+``summary samples=N agreed=N disagreed=0 ... audited=N exact=N over=0 under=0``; the exit code is
+0 when every sample agreed and every audited request was exact, 1 otherwise, 2 for bad options.
+Raises nothing to the CLI.
 """
 
 import argparse
 import json
+import random
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TextIO
@@ -72,9 +78,9 @@ class Sample:
         return self.answer == self.truth
 
 
-def _post(url: str, body: dict[str, object]) -> dict[str, object]:
+def _post(url: str, body: dict[str, object], path: str = "/v1/match") -> dict[str, object]:
     request = urllib.request.Request(  # noqa: S310  # our own http:// URL on loopback
-        f"{url}/v1/match",
+        f"{url}{path}",
         data=json.dumps(body).encode(),
         headers={"content-type": "application/json"},
     )
@@ -84,6 +90,7 @@ def _post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 
 def _answer(url: str, query: SimQuery) -> tuple[int, dict[EndpointId, int]]:
+    """(query blocks, matched blocks per endpoint), the answer's best first."""
     body = _post(url, query.body())
     matches = body["matches"]
     assert isinstance(matches, list)  # noqa: S101  # the API's contract
@@ -91,6 +98,15 @@ def _answer(url: str, query: SimQuery) -> tuple[int, dict[EndpointId, int]]:
     query_blocks = body["query_blocks"]
     assert isinstance(query_blocks, int)  # noqa: S101  # the API's contract
     return query_blocks, found
+
+
+def _feedback(url: str, query: SimQuery, endpoint: EndpointId, cached_tokens: int) -> str:
+    """Report what the engine said about a routed request; kvsync's verdict (exact, over, ...)."""
+    body = {**query.body(), "pod": endpoint.pod, "dp_rank": endpoint.dp_rank,
+            "cached_tokens": cached_tokens}  # fmt: skip
+    outcome = _post(url, body, "/v1/feedback")["outcome"]
+    assert isinstance(outcome, str)  # noqa: S101  # the API's contract
+    return outcome
 
 
 def _caught_up(fleet: Fleet, daemon: Daemon) -> bool:
@@ -124,6 +140,8 @@ class Demo:
         self._last = (self.started, 0, *_lag_totals())
         self.events_per_s = 0.0
         self.lag_ms: float | None = None
+        self.audit: Counter[str] = Counter()
+        self._rng = random.Random(options.seed)  # noqa: S311  # which endpoint gets a miss
 
     def sample(self) -> Sample:
         """Pause traffic, let the daemon catch up, ask and compare; resume traffic."""
@@ -136,6 +154,10 @@ class Demo:
             query = self.fleet.sample_query()
             query_blocks, answer = _answer(self.daemon.url, query)
             truth = self.fleet.ground_truth(query)
+            # Route it as a router would, and tell kvsync what the engine reported.
+            chosen = next(iter(answer), None) or self._rng.choice(self.fleet.ids)
+            cached = self.fleet.route(chosen, query)
+            self.audit[_feedback(self.daemon.url, query, chosen, cached)] += 1
         finally:
             self.fleet.start(requests_per_s=self.options.rate)
         found = Sample(query_blocks, answer, truth, query.lora_name)
@@ -153,20 +175,39 @@ class Demo:
         self.lag_ms = 1000 * (lag_sum - lag_sum_then) / batches if batches else None
         self._last = (now, events, lag_sum, lag_count)
 
+    @property
+    def audit_exact(self) -> bool:
+        return sum(self.audit.values()) == self.audit["exact"]
+
+    def audit_line(self) -> str:
+        counts = " ".join(f"{k}={self.audit[k]}" for k in ("exact", "over", "under", "unknown"))
+        return f"audit routed={sum(self.audit.values())} {counts}"
+
     def plain_line(self) -> str:
         stats = self.daemon.ingest.snapshot()
         states = ",".join(f"{k}={v}" for k, v in sorted(stats.endpoints_by_state().items()))
         blocks = sum(e.blocks for e in stats.endpoints)
         lag = "-" if self.lag_ms is None else f"{self.lag_ms:.1f}ms"
+        running = waiting = 0.0
+        scraped = 0
+        for endpoint in stats.endpoints:
+            load = self.daemon.load_table.get(endpoint.endpoint.id)
+            if load is not None and load.engine is not None:
+                scraped += 1
+                running += load.engine.running or 0.0
+                waiting += load.engine.waiting or 0.0
         return (
             f"t={time.monotonic() - self.started:.0f}s endpoints={len(stats.endpoints)} "
-            f"[{states}] blocks={blocks} events/s={self.events_per_s:.0f} lag={lag}"
+            f"[{states}] blocks={blocks} events/s={self.events_per_s:.0f} lag={lag} "
+            f"load scraped={scraped} running={running:.0f} waiting={waiting:.0f}"
         )
 
     def view(self) -> Group:
         stats = self.daemon.ingest.snapshot()
         table = Table(title=f"kvsync demo: {self.daemon.url}", expand=False)
-        for column in ("endpoint", "state", "blocks", "last seq", "gaps", "replays", "age"):
+        columns = ("endpoint", "state", "blocks", "last seq", "gaps", "replays", "age",
+                   "running", "waiting", "kv cache", "hit rate")  # fmt: skip
+        for column in columns:
             table.add_column(column, justify="left" if column == "endpoint" else "right")
         now = time.monotonic()
         for found in sorted(stats.endpoints, key=lambda e: e.endpoint.id):
@@ -179,17 +220,30 @@ class Demo:
                 str(found.gaps),
                 str(found.replays),
                 age,
+                *_load_cells(self.daemon, found.endpoint.id),
             )
         lag = "-" if self.lag_ms is None else f"{self.lag_ms:.1f} ms"
         lines: list[ConsoleRenderable] = [
             table,
             Text(f"events/s {self.events_per_s:.0f}   mean lag {lag}"),
+            Text(self.audit_line(), style="green" if self.audit_exact else "red"),
         ]
         lines.extend(
             Text(_describe(sample), style="green" if sample.agrees else "red")
             for sample in self.samples[-5:]
         )
         return Group(*lines)
+
+
+def _load_cells(daemon: Daemon, endpoint: EndpointId) -> tuple[str, str, str, str]:
+    """running, waiting, KV-cache usage and hit rate as the daemon scraped them."""
+    load = daemon.load_table.get(endpoint)
+    engine = None if load is None else load.engine
+    if load is None or engine is None:
+        return ("-", "-", "-", "-")
+    rate = "-" if load.prefix_hit_rate is None else f"{100 * load.prefix_hit_rate:.0f}%"
+    usage = "-" if engine.kv_cache_usage is None else f"{100 * engine.kv_cache_usage:.0f}%"
+    return (f"{engine.running or 0:.0f}", f"{engine.waiting or 0:.0f}", usage, rate)
 
 
 def _describe(sample: Sample) -> str:
@@ -222,7 +276,7 @@ def _loop(demo: Demo, out: TextIO, *, live: Live | None) -> None:
             found = demo.sample()
             next_sample = time.monotonic() + options.sample_seconds
             if live is None:
-                out.write(_describe(found) + "\n")
+                out.write(_describe(found) + "\n" + demo.audit_line() + "\n")
         if live is not None:
             demo.measure()
             live.update(demo.view())
@@ -275,8 +329,11 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
             daemon.stop(settings.stop_timeout_seconds)
     agreed = sum(s.agrees for s in demo.samples)
     disagreed = len(demo.samples) - agreed
+    audit = demo.audit
     out.write(
         f"summary samples={len(demo.samples)} agreed={agreed} disagreed={disagreed} "
-        f"endpoints={len(fleet.ids)} seconds={time.monotonic() - demo.started:.1f}\n"
+        f"endpoints={len(fleet.ids)} seconds={time.monotonic() - demo.started:.1f} "
+        f"audited={sum(audit.values())} exact={audit['exact']} over={audit['over']} "
+        f"under={audit['under']}\n"
     )
-    return 0 if disagreed == 0 else 1
+    return 0 if disagreed == 0 and demo.audit_exact else 1

@@ -79,12 +79,28 @@ class Engine:
         self._never_used = num_blocks  # blocks holding no cached data (fresh or partial)
         self._running: deque[_Running] = deque()
         self._held: set[tuple[Context, bytes]] = set()
+        # What vLLM counts and reports per request (vllm:prefix_cache_queries/hits, in tokens;
+        # usage.prompt_tokens_details.cached_tokens): see ``run``.
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.last_cached_tokens = 0
 
     # --- queries -------------------------------------------------------------------------------
     @property
     def cached_blocks(self) -> int:
         """Blocks whose content is cached (in use or free): what the engine has published."""
         return len(self._cached)
+
+    @property
+    def running_requests(self) -> int:
+        """Requests holding blocks (vLLM's running batch; the simulator has no waiting queue)."""
+        return len(self._running)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Share of the pool pinned by running requests (vLLM: 1 - free blocks / all blocks;
+        cached blocks no request holds are free, they can be evicted)."""
+        return 1.0 - self._free_capacity() / self.num_blocks
 
     def contexts(self) -> set[Context]:
         return {context for context, _ in self._held}
@@ -121,6 +137,7 @@ class Engine:
         events: list[model.Event] = []
         running = _Running()
         context = context_of(request.adapter, request.cache_salt)
+        self._count_prefix_hit(context, request)
         digests = self._chain(tokens, request.adapter, request.cache_salt)
         prefixes = prefix_digests(tokens, self.block_size)
         prompt_full = len(request.prompt) // self.block_size
@@ -135,6 +152,15 @@ class Engine:
             self._finish_oldest()
         return events
 
+    def _count_prefix_hit(self, context: Context, request: Request) -> None:
+        # vLLM reuses the leading cached blocks of the prompt, but at most prompt length - 1
+        # tokens: the last prompt token is always computed again, for its logits.
+        reusable = (len(request.prompt) - 1) // self.block_size if request.prompt else 0
+        held = self.held_blocks(context, request.prompt[: reusable * self.block_size])
+        self.last_cached_tokens = held * self.block_size
+        self.prefix_queries += len(request.prompt)
+        self.prefix_hits += self.last_cached_tokens
+
     def clear(self) -> list[model.Event]:
         """Reset the prefix cache (vLLM does it only with nothing running): ``AllBlocksCleared``."""
         self._forget()
@@ -143,6 +169,7 @@ class Engine:
     def restart(self) -> None:
         """A new engine process: the cache is gone and nothing is published about it."""
         self._forget()
+        self.prefix_queries = self.prefix_hits = 0  # a new process starts its counters at 0
 
     # --- internals -----------------------------------------------------------------------------
     def _chain(

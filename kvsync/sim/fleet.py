@@ -17,7 +17,11 @@ it each pod picks a random free base (retrying if taken).
 With ``engine_http=True`` each pod also runs its engine's HTTP server
 (``kvsync.sim.engine_http.EngineHttpServer``: vLLM's ``/tokenize`` over ``fleet.tokenizer``, a
 BPE trained on the fly) and its endpoints carry that address (``Endpoint.engine``);
-``fleet.engine_server(pod)`` gives it, to add routes or break it in a test.
+``fleet.engine_server(pod)`` gives it, to add routes or break it in a test. It also serves
+``GET /metrics``: vLLM's Prometheus text rendered from the pod's engines' own state
+(``kvsync.sim.engine_metrics``; vLLM 0.10's names for the 0.10.1 era, else those of >= 0.11).
+``route(endpoint, query)`` runs a router's query as a request there and returns the
+``cached_tokens`` the engine reports; ``run_unpublished`` runs requests whose events are lost.
 
 Threads: the caller's (``step``, ``submit``, ``clear``, ``restart``), each publisher's own, and
 with ``start()`` one traffic thread that calls ``step`` at a rate. One lock serialises engine
@@ -34,12 +38,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import zmq
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvsync.model import BlockStored, EndpointId, Event
 from kvsync.model import Endpoint as DaemonEndpoint
 from kvsync.sim import ports
 from kvsync.sim.engine import Engine
-from kvsync.sim.engine_http import EngineHttpServer
+from kvsync.sim.engine_http import EngineHttpServer, EngineReply, EngineRequest
+from kvsync.sim.engine_metrics import EngineMetrics, MetricNames
 from kvsync.sim.eras import Era
 from kvsync.sim.publisher import Publisher
 from kvsync.sim.records import Adapter, Request, SimError, SimQuery
@@ -109,6 +115,7 @@ class Fleet:
         self._daemon_endpoints: list[DaemonEndpoint] = []
         self._traffic: Traffic | None = None
         self._engine_servers: dict[str, EngineHttpServer] = {}
+        self._metrics: dict[str, EngineMetrics] = {}
         self.tokenizer = SimTokenizer.trained(seed) if engine_http else None
         try:
             for index in range(pods):
@@ -146,6 +153,9 @@ class Fleet:
                 )
                 for rank, publisher in enumerate(publishers):
                     self._add(EndpointId(pod, rank), publisher, salts=era is not Era.V0_10_1)
+                server = self._engine_servers.get(pod)
+                if server is not None:
+                    self._serve_metrics(pod, server, "both" if era is Era.V0_10_1 else "current")
         except BaseException:
             self.close()
             raise
@@ -181,6 +191,21 @@ class Fleet:
                 engine=None if server is None else server.url,
             )
         )
+
+    def _serve_metrics(self, pod: str, server: EngineHttpServer, names: MetricNames) -> None:
+        def engines() -> dict[int, Engine]:
+            return {i.dp_rank: sim.engine for i, sim in self._endpoints.items() if i.pod == pod}
+
+        metrics = EngineMetrics(
+            model=self.model, engines=engines, names=names, lock=self._lock,
+            max_model_len=server.max_model_len,
+        )  # fmt: skip
+        self._metrics[pod] = metrics
+
+        def answer(_request: EngineRequest) -> EngineReply:
+            return EngineReply(200, metrics.render(), CONTENT_TYPE_LATEST)
+
+        server.add_route("GET", "/metrics", answer)
 
     # --- what the daemon needs -----------------------------------------------------------------
     @property
@@ -235,11 +260,36 @@ class Fleet:
         """Run one given request on one endpoint; return (and publish) its events."""
         with self._lock:
             sim = self._endpoints[endpoint]
-            events = sim.engine.run(request)
+            events = self._serve(sim, request)
             self._recent.append(request)
             if events:
                 sim.publisher.publish(events)
             return events
+
+    def route(self, endpoint: EndpointId, query: SimQuery) -> int:
+        """Run ``query``'s prompt as a request on ``endpoint`` (as a router that picked it would)
+        and publish its events; return the engine's ``cached_tokens`` for it."""
+        adapter = self._adapter if query.lora_name or query.lora_id is not None else None
+        request = Request(query.token_ids, (), adapter, query.cache_salt)
+        self.submit(endpoint, request)
+        with self._lock:
+            return self._endpoints[endpoint].engine.last_cached_tokens
+
+    def run_unpublished(self, endpoint: EndpointId, requests: int) -> None:
+        """Run ``requests`` requests of the endpoint's workload whose events are lost: the
+        engine evicts and stores, nothing is published and no sequence number is used."""
+        with self._lock:
+            sim = self._endpoints[endpoint]
+            for _ in range(requests):
+                self._serve(sim, sim.workload.next_request())
+
+    def _serve(self, sim: SimEndpoint, request: Request) -> list[Event]:
+        events = sim.engine.run(request)
+        metrics = self._metrics.get(sim.id.pod)
+        if metrics is not None:
+            metrics.observe(sim.id.dp_rank, prompt_tokens=len(request.prompt),
+                            output_tokens=len(request.output))  # fmt: skip
+        return events
 
     def clear(self, endpoint: EndpointId) -> None:
         """Reset that endpoint's prefix cache and publish ``AllBlocksCleared``."""
@@ -272,7 +322,7 @@ class Fleet:
             traffic.stop(timeout)
 
     def _run(self, sim: SimEndpoint, request: Request) -> int:
-        events = sim.engine.run(request)
+        events = self._serve(sim, request)
         self._recent.append(request)
         if events:
             sim.publisher.publish(events)

@@ -151,7 +151,7 @@ def test_probes_hit_livez_and_readyz_on_the_http_port(chart: Chart) -> None:
 
 
 def grace_budget(env: dict[str, str]) -> float:
-    return float(env["KVSYNC_DRAIN_SECONDS"]) + 3 * float(env["KVSYNC_STOP_TIMEOUT_SECONDS"])
+    return float(env["KVSYNC_DRAIN_SECONDS"]) + 4 * float(env["KVSYNC_STOP_TIMEOUT_SECONDS"])
 
 
 def test_grace_period_outlasts_drain_and_stop_budgets(chart: Chart, tmp_path: Path) -> None:
@@ -165,16 +165,16 @@ def test_grace_period_outlasts_drain_and_stop_budgets(chart: Chart, tmp_path: Pa
         "terminationGraceMarginSeconds: 2\n"
     )
     rendered = chart.render(values=[values])
-    assert rendered.pod_spec["terminationGracePeriodSeconds"] == 8 + 3 * 5 + 2
+    assert rendered.pod_spec["terminationGracePeriodSeconds"] == 8 + 4 * 5 + 2
 
 
 def test_grace_period_below_the_shutdown_budget_is_refused(chart: Chart) -> None:
-    # defaults: drain 5 s + 3 x stop 5 s = 20 s
+    # defaults: drain 5 s + 4 x stop 5 s = 25 s
     assert (
-        chart.render(sets=["terminationGracePeriodSeconds=20"]).pod_spec[
+        chart.render(sets=["terminationGracePeriodSeconds=25"]).pod_spec[
             "terminationGracePeriodSeconds"
         ]
-        == 20
+        == 25
     )
     with pytest.raises(RenderError, match="terminationGracePeriodSeconds"):
-        chart.render(sets=["terminationGracePeriodSeconds=19"])
+        chart.render(sets=["terminationGracePeriodSeconds=24"])

@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from kvsync import metrics
+from kvsync.audit.ledger import Audit
 from kvsync.http import schemas, server
 from kvsync.http.app import Api, ApiSettings, create_app
 from kvsync.http.dynamo import DynamoApi
+from kvsync.http.loads import NO_LOAD, LoadViews
 from kvsync.index import values
 from kvsync.index.memory import index
 from kvsync.index.memory.backend import MemoryBackend
@@ -103,6 +105,8 @@ def running_api(
     pods: Sequence[schemas.PodStatus] = (),
     snapshot: metrics.Snapshot | None = None,
     ages: Mapping[EndpointId, float] | None = None,
+    load: LoadViews = NO_LOAD,
+    audit: Audit | None = None,
 ) -> Iterator[Harness]:
     """Serve the API on a free port for the duration of the block; the server must stop."""
     used = index.PrefixIndex() if prefix_index is None else prefix_index
@@ -130,6 +134,8 @@ def running_api(
                 unregister=lambda _endpoint: None,
                 max_query_tokens=max_query_tokens,
             ),
+            load=load,
+            audit=audit,
         )
     )
     http = server.HttpServer(app, "127.0.0.1", 0)

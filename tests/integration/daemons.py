@@ -62,12 +62,16 @@ def wait_applied(fleet: Fleet, http: httpx.Client, ids: list[EndpointId]) -> Non
     eventually(lambda: last_seqs(http) == want, what=f"{http.base_url} applied {want}")
 
 
+_OWN_READINGS = frozenset({"last_event_age_s", "load"})
+
+
 def matches(http: httpx.Client, query: SimQuery) -> list[dict[str, Any]]:
-    """The answer's matches, without ``last_event_age_s`` (a replica's own clock reading)."""
+    """The answer's matches, without ``last_event_age_s`` and ``load`` (a replica's own clock
+    reading, and its own scrapes of the engines)."""
     response = http.post("/v1/match", json=query.body())
     assert response.status_code == 200, response.text
     rows: list[dict[str, Any]] = response.json()["matches"]
-    return [{k: v for k, v in row.items() if k != "last_event_age_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in _OWN_READINGS} for row in rows]
 
 
 def matched_blocks(rows: list[dict[str, Any]]) -> dict[EndpointId, int]:

@@ -57,13 +57,13 @@ def test_match_answers_every_holder_best_first(client: httpx.Client) -> None:
         "matches": [
             {"pod": "default/vllm-a", "dp_rank": 0, "matched_blocks": 3, "matched_tokens": 12,
              "percent": 100, "score": 3.0, "by_medium": {"GPU": 3}, "last_event_age_s": 0.25,
-             "speculative_blocks": 0},
+             "speculative_blocks": 0, "load": None},
             {"pod": "default/vllm-b", "dp_rank": 1, "matched_blocks": 2, "matched_tokens": 8,
              "percent": 66, "score": 2.0, "by_medium": {"GPU": 2}, "last_event_age_s": 1.5,
-             "speculative_blocks": 0},
+             "speculative_blocks": 0, "load": None},
             {"pod": "default/vllm-c", "dp_rank": 0, "matched_blocks": 1, "matched_tokens": 4,
              "percent": 33, "score": 0.8, "by_medium": {"CPU": 1}, "last_event_age_s": None,
-             "speculative_blocks": 0},
+             "speculative_blocks": 0, "load": None},
         ],
         "token_count": 14,
         "tokenized": None,
@@ -349,8 +349,8 @@ def test_openapi_document_describes_the_api(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
-        "/v1/match", "/v1/pods", "/v1/hint", "/v1/explain", "/livez", "/readyz", "/metrics",
-        "/query", "/register", "/unregister", "/workers", "/health",
+        "/v1/match", "/v1/pods", "/v1/hint", "/v1/feedback", "/v1/explain", "/livez", "/readyz",
+        "/metrics", "/query", "/register", "/unregister", "/workers", "/health",
     }  # fmt: skip
     request = document["components"]["schemas"]["MatchRequest"]
     assert set(request["required"]) == {"model"}

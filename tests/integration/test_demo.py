@@ -16,7 +16,8 @@ CURL = re.compile(
 )
 SUMMARY = re.compile(
     r"^summary samples=(?P<samples>\d+) agreed=(?P<agreed>\d+) disagreed=(?P<disagreed>\d+) "
-    r"endpoints=(?P<endpoints>\d+) seconds=(?P<seconds>[\d.]+)$"
+    r"endpoints=(?P<endpoints>\d+) seconds=(?P<seconds>[\d.]+) "
+    r"audited=(?P<audited>\d+) exact=(?P<exact>\d+) over=(?P<over>\d+) under=(?P<under>\d+)$"
 )
 
 
@@ -43,6 +44,16 @@ def test_bounded_demo_run_agrees_with_ground_truth() -> None:
     samples = [line for line in lines if line.startswith("sample ")]
     assert len(samples) == int(summary["samples"])
     assert all("agrees with ground truth" in line for line in samples)
+    # every sampled prompt was routed and reported: kvsync's predictions were exact
+    assert summary["audited"] == summary["samples"] == summary["exact"]
+    assert (summary["over"], summary["under"]) == ("0", "0")
+    audits = [line for line in lines if line.startswith("audit routed=")]
+    assert (
+        audits[-1] == f"audit routed={summary['samples']} exact={summary['samples']} "
+        "over=0 under=0 unknown=0"
+    )
+    loads = [line for line in lines if line.startswith("t=") and " load scraped=5 " in line]
+    assert loads, "the daemon never showed every pod's scraped load"
 
 
 def test_bad_options_exit_2() -> None:

@@ -187,16 +187,17 @@ Values that contradict each other fail the render with the reason (both workload
 
 {{/*
 terminationGracePeriodSeconds: the pod must outlive kvsync's shutdown, or the kubelet kills it
-midway. Shutdown is the drain, then three components (discovery, HTTP, ingest) stopped in turn,
+midway. Shutdown is the drain, then four components (discovery, HTTP, load, ingest) stopped in
+turn,
 each within stopTimeoutSeconds.
 */}}
 {{- define "kvsync.gracePeriod" -}}
-{{- $stop := mul 3 (include "kvsync.ceilSeconds" .Values.config.stopTimeoutSeconds | int64) }}
+{{- $stop := mul 4 (include "kvsync.ceilSeconds" .Values.config.stopTimeoutSeconds | int64) }}
 {{- $budget := add (include "kvsync.ceilSeconds" .Values.config.drainSeconds | int64) $stop }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add $budget (include "kvsync.ceilSeconds" .Values.terminationGraceMarginSeconds | int64) }}
 {{- else if lt (int64 .Values.terminationGracePeriodSeconds) $budget }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.drainSeconds + 3 x config.stopTimeoutSeconds (%d)" .Values.terminationGracePeriodSeconds $budget) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.drainSeconds + 4 x config.stopTimeoutSeconds (%d)" .Values.terminationGracePeriodSeconds $budget) }}
 {{- else }}
 {{- int64 .Values.terminationGracePeriodSeconds }}
 {{- end }}
