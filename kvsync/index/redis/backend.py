@@ -56,6 +56,9 @@ _SCAN_COUNT: Final = 10_000
 # Lookups skip an endpoint whose lease (15 s, ``functions``) has passed; every write renews it,
 # and the flusher renews the quiet ones this often.
 _RENEW_S: Final = 3.0
+# Copies vLLM publishes: the GPU pool and CPU offload, for the first KV-cache groups of hybrid
+# models. Their bits are taken at open, so ingest meets a new one (a Redis call) only rarely.
+_USUAL_COPIES: Final = tuple((medium, group) for group in range(4) for medium in ("GPU", "CPU"))
 
 
 @dataclass(slots=True)
@@ -92,7 +95,8 @@ class RedisBackend:
         self._stopping = False
         self._flushing = False
         self._renewed_at = time.monotonic()
-        self.flushes = 0
+        for medium, group in _USUAL_COPIES:  # raises IndexUnavailableError, as open_nodes
+            self._copy_bit(medium, group)
         self._thread = threading.Thread(target=self._flush_loop, name="kvsync-redis", daemon=True)
         self._thread.start()
 
@@ -245,7 +249,8 @@ class RedisBackend:
         if bit is None:
             field_name = layout.copy_field(medium, group)
             client = self._nodes.client
-            # Rare (a copy kind first met) and blocking: the bit must be the same everywhere.
+            # Rare (a copy kind first met; the usual ones are taken at open) and blocking: the
+            # bit must be the same in every process.
             bit = int(
                 self._nodes.guarded(
                     lambda: client.fcall("kvsync_copy_bit", 1, layout.COPIES_KEY, field_name)
@@ -297,7 +302,6 @@ class RedisBackend:
                         self._dirty.add(owned.endpoint)
             with self._lock:
                 self._flushing = False
-                self.flushes += 1
                 self._wake.notify_all()
 
     def _take(self) -> list[tuple[Owned, Pending, int | None, int, str]]:
