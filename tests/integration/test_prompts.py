@@ -287,5 +287,10 @@ def test_a_shard_tokenizes_with_pods_it_does_not_subscribe_to() -> None:
                 answer = http.post("/v1/match", json={"model": MODEL, "prompt": "kalo mine"})
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["tokenized"]["pod"] == endpoint.id.pod
+                # a hint may name a pod another shard subscribes to (the router does not know)
+                hint = {"model": MODEL, "prompt": "kalo mine", "pod": endpoint.id.pod}
+                assert http.post("/v1/hint", json=hint).status_code == 200
+                nobody = {"model": MODEL, "prompt": "kalo mine", "pod": "nobody"}
+                assert http.post("/v1/hint", json=nobody).status_code == 404
         finally:
             daemon.stop(2.0)
