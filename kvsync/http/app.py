@@ -177,6 +177,9 @@ class Api:
         except (msgspec.DecodeError, ValueError):
             token_ids = self._strict(body).token_ids  # raises; accepted: the parsers differ
             request = _DECODE_WIRE.decode(body)
+            if token_ids is None:  # "token_ids": null: as absent
+                check_prompt(request)
+                return request, None
         if request.prompt is not None or request.messages is not None:
             raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
         return request, self._limited(token_ids or ())
