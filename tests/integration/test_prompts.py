@@ -294,3 +294,30 @@ def test_a_shard_tokenizes_with_pods_it_does_not_subscribe_to() -> None:
                 assert http.post("/v1/hint", json=nobody).status_code == 404
         finally:
             daemon.stop(2.0)
+
+
+def test_a_prompt_over_the_token_limit_is_a_413_and_explain_takes_prompts() -> None:
+    with Fleet(pods=1, dp_sizes=(1,), engine_http=True, seed=9, adapter=None) as fleet:
+        settings = Settings(
+            discovery="static",
+            endpoint=tuple(fleet.endpoints()),
+            http_host="127.0.0.1",
+            http_port=0,
+            log_level="error",
+            max_query_tokens=64,
+        )
+        daemon = Daemon(settings)
+        daemon.start()
+        try:
+            with httpx.Client(base_url=daemon.url, timeout=10) as http:
+                long = http.post("/v1/match", json={"model": MODEL, "prompt": TEXT})
+                assert long.status_code == 413
+                assert "more than 64 token ids" in long.json()["error"]
+                short = {"model": MODEL, "prompt": " ".join(TEXT.split()[:40])}  # two blocks and more
+                explained = http.post("/v1/explain", json=short)
+                assert explained.status_code == 200, explained.text
+                body = explained.json()
+                assert body["tokenized"]["pod"] == fleet.ids[0].pod
+                assert [e["why"]["reason"] for e in body["endpoints"]] == ["never_stored"]
+        finally:
+            daemon.stop(2.0)
