@@ -313,7 +313,7 @@ def test_a_prompt_over_the_token_limit_is_a_413_and_explain_takes_prompts() -> N
                 long = http.post("/v1/match", json={"model": MODEL, "prompt": TEXT})
                 assert long.status_code == 413
                 assert "more than 64 token ids" in long.json()["error"]
-                short = {"model": MODEL, "prompt": " ".join(TEXT.split()[:40])}  # two blocks and more
+                short = {"model": MODEL, "prompt": " ".join(TEXT.split()[:40])}  # 2+ blocks
                 explained = http.post("/v1/explain", json=short)
                 assert explained.status_code == 200, explained.text
                 body = explained.json()
