@@ -172,6 +172,10 @@ class EngineDirectory:
             self._endpoints.pop(endpoint_id, None)
         self._sink.remove_endpoint(endpoint_id)
 
+    def __contains__(self, endpoint_id: object) -> bool:
+        with self._lock:
+            return endpoint_id in self._endpoints
+
     def engines(self, views: list[EndpointView]) -> list[Engine]:
         """One engine per pod that has an address (its ranks share it): pods this replica
         subscribes to and that are live first, then the other discovered ones."""
@@ -296,6 +300,7 @@ class Daemon:
                 health=self,
                 registry=metrics.registry(self.metrics_snapshot),
                 shard=self.shard_status,
+                discovered=self.engines.__contains__,
                 settings=ApiSettings(
                     max_body_bytes=settings.max_body_bytes,
                     max_query_tokens=settings.max_query_tokens,

@@ -132,10 +132,12 @@ class Api:
         shard: Callable[[], schemas.ShardStatus] = lambda: schemas.UNSHARDED,
         load: loads.LoadViews = loads.NO_LOAD,
         audit: Audit | None = None,
+        discovered: Callable[[EndpointId], bool] = lambda _endpoint: False,
     ) -> None:
         self.dynamo = dynamo
         self._load = load
         self.audit = audit or Audit(AnswerMemo(), on_verdict=metrics.observe_verdict)
+        self._discovered = discovered
         self._removal_seq = removal_seq
         self._reader = reader
         self._endpoints = endpoints
@@ -175,6 +177,9 @@ class Api:
         except (msgspec.DecodeError, ValueError):
             token_ids = self._strict(body).token_ids  # raises; accepted: the parsers differ
             request = _DECODE_WIRE.decode(body)
+            if token_ids is None:  # "token_ids": null: as absent
+                check_prompt(request)
+                return request, None
         if request.prompt is not None or request.messages is not None:
             raise Rejected(422, "bad_shape", "give one of token_ids, prompt or messages")
         return request, self._limited(token_ids or ())
@@ -307,8 +312,11 @@ class Api:
         return tokenized.tokens, tokenized
 
     def _subscribed(self, endpoint: EndpointId) -> bool:
-        """Is ``endpoint`` subscribed? The set is re-read at most once a second, or when it
-        does not know the endpoint (a hint per routed request must not snapshot ingest each)."""
+        """Is ``endpoint`` known: discovered (by any shard), or subscribed here? The subscribed
+        set is re-read at most once a second, or when it does not know the endpoint (a hint per
+        routed request must not snapshot ingest each)."""
+        if self._discovered(endpoint):
+            return True
         now = time.monotonic()
         if endpoint not in self._known or now - self._known_at > 1.0:
             self._known = frozenset(view.id for view in self._endpoints())
@@ -333,7 +341,7 @@ class Api:
             endpoint = EndpointId(hint.pod, hint.dp_rank)
             if not self._subscribed(endpoint):
                 raise Rejected(
-                    404, "unknown_pod", f"{hint.pod} rank {hint.dp_rank} is not subscribed"
+                    404, "unknown_pod", f"{hint.pod} rank {hint.dp_rank} is no known endpoint"
                 )
             token_ids, tokenized = await self._tokens(hint)
             query = self._query(hint, token_ids, tokenized)

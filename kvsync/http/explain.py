@@ -35,6 +35,8 @@ def _cause(
     removal_seq: RemovalSeq,
 ) -> schemas.BlockCause:
     if run.stopped_at >= query_blocks:
+        if not query_blocks:
+            return schemas.BlockCause("query_end", "the query has no full block")
         return schemas.BlockCause("query_end", "holds every full block of the query")
     block = f"block {run.stopped_at}"
     if view is not None and view.state == "replaying":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.chart.rendering import ALL_OPTIONS, CHART, STATIC, install_tools
+from tests.chart.rendering import ALL_OPTIONS, CHART, REDIS, STATIC, install_tools
 from tests.e2e.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -74,8 +74,10 @@ def install_args(release: str, *extra: str) -> list[str]:
         # The API server has no ServiceMonitor CRD (that needs the Prometheus Operator).
         ["--values", str(ALL_OPTIONS), "--set", "serviceMonitor.enabled=false"],
         ["--values", str(STATIC)],
+        # Sharded over Redis: the StatefulSet, its headless Service, the pod-index env reference.
+        ["--values", str(REDIS)],
     ],
-    ids=["default", "all-options", "static"],
+    ids=["default", "all-options", "static", "redis"],
 )
 def test_server_dry_run_accepts_every_object(kube: Kube, values: list[str]) -> None:
     proc = kube.helm(*install_args("dry", "--dry-run=server", *values))

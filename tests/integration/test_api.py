@@ -157,6 +157,7 @@ def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
         ("text", "Expected `object`"),
         ({"token_ids": [1]}, "missing required field `model`"),
         ({"model": "m"}, "give one of token_ids, prompt or messages"),
+        ({"model": "m", "token_ids": None}, "give one of token_ids, prompt or messages"),
         ({"model": "m", "token_ids": [1], "prompt": "x"}, "give one of token_ids, prompt"),
         ({"model": "m", "prompt": "x", "messages": []}, "give one of token_ids, prompt"),
         ({"model": "m", "messages": []}, "messages is empty"),

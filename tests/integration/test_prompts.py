@@ -94,9 +94,10 @@ def test_a_text_prompt_matches_exactly_what_its_tokens_match(served: Served) -> 
     by_prompt = cold.json()
     assert by_prompt["token_count"] == len(tokens) == by_tokens["token_count"]
     assert by_prompt["matches"][0]["matched_blocks"] == len(tokens) // served.fleet.block_size
-    for answer in (by_tokens, by_prompt):  # ages move between the two requests
+    for answer in (by_tokens, by_prompt):  # ages and engine loads move between the requests
         for match in answer["matches"]:
             match.pop("last_event_age_s")
+            match.pop("load")  # the engine scraped between the two (or not yet before the first)
     assert _without_meta(by_prompt) == _without_meta(by_tokens)
     assert by_prompt["tokenized"]["cached"] is False
     assert by_prompt["tokenized"]["pod"] in {e.pod for e in served.fleet.ids}
@@ -287,5 +288,37 @@ def test_a_shard_tokenizes_with_pods_it_does_not_subscribe_to() -> None:
                 answer = http.post("/v1/match", json={"model": MODEL, "prompt": "kalo mine"})
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["tokenized"]["pod"] == endpoint.id.pod
+                # a hint may name a pod another shard subscribes to (the router does not know)
+                hint = {"model": MODEL, "prompt": "kalo mine", "pod": endpoint.id.pod}
+                assert http.post("/v1/hint", json=hint).status_code == 200
+                nobody = {"model": MODEL, "prompt": "kalo mine", "pod": "nobody"}
+                assert http.post("/v1/hint", json=nobody).status_code == 404
+        finally:
+            daemon.stop(2.0)
+
+
+def test_a_prompt_over_the_token_limit_is_a_413_and_explain_takes_prompts() -> None:
+    with Fleet(pods=1, dp_sizes=(1,), engine_http=True, seed=9, adapter=None) as fleet:
+        settings = Settings(
+            discovery="static",
+            endpoint=tuple(fleet.endpoints()),
+            http_host="127.0.0.1",
+            http_port=0,
+            log_level="error",
+            max_query_tokens=64,
+        )
+        daemon = Daemon(settings)
+        daemon.start()
+        try:
+            with httpx.Client(base_url=daemon.url, timeout=10) as http:
+                long = http.post("/v1/match", json={"model": MODEL, "prompt": TEXT})
+                assert long.status_code == 413
+                assert "more than 64 token ids" in long.json()["error"]
+                short = {"model": MODEL, "prompt": " ".join(TEXT.split()[:40])}  # 2+ blocks
+                explained = http.post("/v1/explain", json=short)
+                assert explained.status_code == 200, explained.text
+                body = explained.json()
+                assert body["tokenized"]["pod"] == fleet.ids[0].pod
+                assert [e["why"]["reason"] for e in body["endpoints"]] == ["never_stored"]
         finally:
             daemon.stop(2.0)
