@@ -29,7 +29,7 @@ from kvsync.model import EndpointId
 
 DEFAULT_WINDOW_S: Final = 300.0
 DEFAULT_MAX_ANSWERS: Final = 100_000
-DEFAULT_MAX_MATCHES: Final = 4_000_000  # about 64 MB of endpoint entries
+DEFAULT_MAX_MATCHES: Final = 4_000_000  # about 50 MB of endpoint entries
 
 _ENDPOINT: Final = operator.attrgetter("endpoint")
 _MATCHED_BLOCKS: Final = operator.attrgetter("matched_blocks")

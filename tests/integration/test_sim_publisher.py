@@ -367,7 +367,9 @@ def test_fleet_traffic_thread_runs_at_a_rate_and_stops(ctx: Context) -> None:
 
 
 def test_fleet_fixed_base_port_layout() -> None:
-    for base in range(41_000, 42_000, 100):
+    # Below Linux's ephemeral range (32768-60999): a busy machine's outgoing connections hold
+    # ports in TIME_WAIT there, and a fixed bind on one fails however many bases are tried.
+    for base in range(21_000, 22_000, 100):
         try:
             fleet = Fleet(pods=2, dp_sizes=(1, 2), base_port=base)
         except AddressInUseError:
