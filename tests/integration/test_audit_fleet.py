@@ -245,3 +245,28 @@ def test_a_hanging_garbage_or_vanished_engine_never_blocks_ingest_or_lookups(
             assert f'kvsync_load_scrapes_total{{result="{reason}"}}' in metrics
     finally:
         release.set()
+
+
+def test_feedback_by_prompt_is_judged_against_the_answer_by_prompt(setup: Setup) -> None:
+    # The router asked by text; its report names the same text: kvsync tokenizes it again (the
+    # tokenize cache) and finds the answer it gave for those tokens.
+    tokenizer = setup.fleet.tokenizer
+    assert tokenizer is not None
+    text = "kalo mine rusa tovi pedu mari sote luna zobe figo " * 8
+    query = SimQuery(model=setup.fleet.model, token_ids=tuple(tokenizer.encode(text)))
+    endpoint = setup.fleet.ids[0]
+    verdicts = []
+    for _ in range(2):  # a miss, then a hit of everything vLLM can reuse
+        wait_for(setup.caught_up)
+        asked = setup.http.post("/v1/match", json={"model": setup.fleet.model, "prompt": text})
+        assert asked.status_code == 200, asked.text
+        cached = setup.fleet.route(endpoint, query)
+        report = {"model": setup.fleet.model, "prompt": text, "pod": endpoint.pod,
+                  "dp_rank": endpoint.dp_rank, "cached_tokens": cached}  # fmt: skip
+        verdict = setup.http.post("/v1/feedback", json=report)
+        assert verdict.status_code == 200, verdict.text
+        verdicts.append(verdict.json())
+    block = setup.fleet.block_size
+    reusable = (len(query.token_ids) - 1) // block * block
+    assert [(v["outcome"], v["predicted_tokens"]) for v in verdicts] == [
+        ("exact", 0), ("exact", reusable)]  # fmt: skip
