@@ -56,6 +56,7 @@ _SCAN_COUNT: Final = 10_000
 # Lookups skip an endpoint whose lease (15 s, ``functions``) has passed; every write renews it,
 # and the flusher renews the quiet ones this often.
 _RENEW_S: Final = 3.0
+_RESUME_RETRY_S: Final = (0.2, 1.0)  # then give up: the endpoint starts from seq 0
 # Copies vLLM publishes: the GPU pool and CPU offload, for the first KV-cache groups of hybrid
 # models. Their bits are taken at open, so ingest meets a new one (a Redis call) only rarely.
 _USUAL_COPIES: Final = tuple((medium, group) for group in range(4) for medium in ("GPU", "CPU"))
@@ -162,34 +163,52 @@ class RedisBackend:
             unflushed = endpoint in self._dirty
         if unflushed:  # a drop of its previous subscription must be in before the claim
             self.flush()
-        tag = layout.endpoint_tag(endpoint)
-        meta = layout.meta_key(tag)
-        client = self._nodes.client
-        try:
-            gen, seq, ctxs = self._nodes.guarded(
-                lambda: client.fcall("kvsync_claim", 1, meta, ident)
-            )
-            shadow = EndpointShadow(self._limits, self._copy_bit)
-            owned = Owned(endpoint, shadow, ident, gen=str(gen).encode())
-            for context_tag in ctxs.decode().split():
-                context = layout.context_from_tag(context_tag)
-                data = layout.data_key(tag, context_tag)
-                entries = self._read_hash(data)
-                shadow.load(context, (layout.unpack_entry(f, v) for f, v in entries))
-        except IndexUnavailableError as exc:
-            log.warning(
-                "redis_resume_failed", pod=endpoint.pod, rank=endpoint.dp_rank, error=str(exc)
-            )
+        claimed = self._claim_retrying(endpoint, ident)
+        if claimed is None:  # the flusher claims it afresh before its first write
             with self._lock:
                 self._owned[endpoint] = Owned(
                     endpoint, EndpointShadow(self._limits, self._copy_bit), ident
                 )
             return None
+        owned, seq = claimed
+        shadow = owned.shadow
         stored = int(seq) if seq else None
         shadow.seq = owned.acked = stored
         with self._lock:
             self._owned[endpoint] = owned
         return stored
+
+    def _claim_retrying(self, endpoint: EndpointId, ident: str) -> tuple[Owned, bytes] | None:
+        """``_claim``, tried again after a failure: a blip at start-up must not cost the
+        endpoint its history. None once every try failed."""
+        for delay in (*_RESUME_RETRY_S, None):
+            try:
+                return self._claim(endpoint, ident)
+            except IndexUnavailableError as exc:
+                log.warning(
+                    "redis_resume_failed",
+                    pod=endpoint.pod,
+                    rank=endpoint.dp_rank,
+                    error=str(exc),
+                    retry_in_s=delay,
+                )
+                if delay is not None:
+                    time.sleep(delay)
+        return None
+
+    def _claim(self, endpoint: EndpointId, ident: str) -> tuple[Owned, bytes]:
+        """Claim ``endpoint`` and read its stored blocks back: (its state, the stored seq)."""
+        tag = layout.endpoint_tag(endpoint)
+        client = self._nodes.client
+        gen, seq, ctxs = self._nodes.guarded(
+            lambda: client.fcall("kvsync_claim", 1, layout.meta_key(tag), ident)
+        )
+        shadow = EndpointShadow(self._limits, self._copy_bit)
+        for context_tag in ctxs.decode().split():
+            entries = self._read_hash(layout.data_key(tag, context_tag))
+            context = layout.context_from_tag(context_tag)
+            shadow.load(context, (layout.unpack_entry(f, v) for f, v in entries))
+        return Owned(endpoint, shadow, ident, gen=str(gen).encode()), seq
 
     def _read_hash(self, key: str) -> list[tuple[bytes, bytes]]:
         client = self._nodes.client
