@@ -21,7 +21,9 @@ Raises nothing to the CLI.
 import argparse
 import json
 import random
+import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -264,13 +266,14 @@ def _curl(url: str, fleet: Fleet) -> str:
     return f"curl -s {url}/v1/match -H 'content-type: application/json' -d '{body}'"
 
 
-def _loop(demo: Demo, out: TextIO, *, live: Live | None) -> None:
+def _loop(demo: Demo, out: TextIO, *, live: Live | None, interrupted: threading.Event) -> None:
     options = demo.options
     end = None if options.duration is None else demo.started + options.duration
     next_sample = demo.started + options.sample_seconds
     next_line = demo.started + 1.0
     while end is None or time.monotonic() < end:
-        time.sleep(0.25 if live is not None else 0.1)  # the view's refresh tick
+        if interrupted.wait(0.25 if live is not None else 0.1):  # the view's refresh tick
+            return
         now = time.monotonic()
         if now >= next_sample:
             found = demo.sample()
@@ -310,6 +313,12 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
             return 2
         daemon.start()
         demo = Demo(options, fleet, daemon)
+        # Ctrl-C ends the loop between two steps: a KeyboardInterrupt raised anywhere (inside
+        # a sample's flush, say) could leave the fleet half stopped and the exit waiting on it.
+        interrupted = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
         try:
             fleet.wait_for_subscribers()
             fleet.step(20)
@@ -319,12 +328,16 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
             fleet.start(requests_per_s=options.rate)
             if out.isatty():
                 with Live(demo.view(), console=Console(file=out), refresh_per_second=4) as live:
-                    _loop(demo, out, live=live)
+                    _loop(demo, out, live=live, interrupted=interrupted)
             else:
-                _loop(demo, out, live=None)
-        except KeyboardInterrupt:
+                _loop(demo, out, live=None, interrupted=interrupted)
+            if interrupted.is_set():
+                out.write("\n")
+        except KeyboardInterrupt:  # before the handler was in place
             out.write("\n")
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             fleet.stop()
             daemon.stop(settings.stop_timeout_seconds)
     agreed = sum(s.agrees for s in demo.samples)
