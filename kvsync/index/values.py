@@ -23,6 +23,8 @@ DEFAULT_MEDIUM_WEIGHTS: Final[Mapping[str, float]] = MappingProxyType({GPU: 1.0,
 OTHER_MEDIUM_WEIGHT: Final = 0.5  # any medium the weights do not name (STORAGE, DISK, ...)
 ANY_MEDIUM: Final = "*"  # the key of a weights mapping that overrides OTHER_MEDIUM_WEIGHT
 DEFAULT_BLOCK_SIZE: Final = 16  # the answer's block size for a model the index has not seen
+UNKNOWN_PARENT: Final = "unknown_parent"  # the rejection of a BlockStored whose parent is unknown
+EVICTION_LOW_WATERMARK: Final = 0.97  # capacity eviction goes a little below the limit: bursts
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,9 @@ from kvsync.index.values import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LIMITS,
     DEFAULT_MEDIUM_WEIGHTS,
+    EVICTION_LOW_WATERMARK,
     OTHER_MEDIUM_WEIGHT,
+    UNKNOWN_PARENT,
     ApplyOutcome,
     EndpointContext,
     IndexStats,
@@ -65,9 +67,7 @@ from kvsync.model import (
 
 DEFAULT_REMEMBER: Final = 65_536  # removed / evicted blocks remembered for explain
 _GONE_CONTEXTS: Final = 1024  # evicted contexts remembered for explain
-_LOW_WATERMARK: Final = 0.97  # evict a little below the limit so eviction runs in bursts
 
-UNKNOWN_PARENT: Final = "unknown_parent"
 STORED: Final = "BlockStored"
 REMOVED: Final = "BlockRemoved"
 CLEARED: Final = "AllBlocksCleared"
@@ -425,7 +425,7 @@ class PrefixIndex:
         limit = self.limits.max_keys_per_context
         if len(ctx.table) > limit:
             gone: list[int] | None = [] if self.remember else None
-            evicted = ctx.evict_lru(int(limit * _LOW_WATERMARK), gone)
+            evicted = ctx.evict_lru(int(limit * EVICTION_LOW_WATERMARK), gone)
             self._count("max_keys", evicted, out.evicted)
             if gone:
                 self._remember(ctx_key, gone, -1, BlockMemory("evicted", now, "max_keys"))

@@ -34,7 +34,6 @@ crashed and has not resumed yet). Redis itself deletes an endpoint nobody renewe
 
 from typing import Final
 
-LIBRARY_NAME: Final = "kvsync"
 VERSION: Final = "4"  # bump with any change below: writers check it at open
 
 LIBRARY: Final = (

@@ -39,7 +39,7 @@ from typing import Final
 import msgspec
 import xxhash
 
-from kvsync.model import GPU, EndpointId
+from kvsync.model import EndpointId
 
 PREFIX: Final = "kvsync:"
 COPIES_KEY: Final = PREFIX + "copies"
@@ -120,9 +120,6 @@ def copy_field(medium: str, group: int) -> str:
 def parse_copy_field(field: bytes) -> tuple[str, int]:
     medium, _, group = field.decode().rpartition("|")
     return medium, int(group)
-
-
-PLAIN_COPY_FIELD: Final = copy_field(GPU, 0)
 
 
 def pack_keys(keys: list[int]) -> bytes:

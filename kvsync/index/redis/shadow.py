@@ -21,16 +21,18 @@ Two limits differ, since no writer sees the whole index: ``max_keys_per_context`
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Final
 
 from kvsync.index import keys
 from kvsync.index.keys import u64, u64s
 from kvsync.index.redis.layout import ENGINE_MASK, Adapter, ContextKey, context_tag
-from kvsync.index.values import ApplyOutcome, EndpointContext, Limits
+from kvsync.index.values import (
+    EVICTION_LOW_WATERMARK,
+    UNKNOWN_PARENT,
+    ApplyOutcome,
+    EndpointContext,
+    Limits,
+)
 from kvsync.model import GPU, AllBlocksCleared, BlockRemoved, BlockStored, Event
-
-_LOW_WATERMARK: Final = 0.97  # as the memory backend: evict a little below the limit
-UNKNOWN_PARENT: Final = "unknown_parent"
 
 CopyBit = Callable[[str, int], int]  # (medium, group) -> its bit (allocated on first use)
 
@@ -200,7 +202,7 @@ class EndpointShadow:
             self._write(ctx, key, value)
         limit = self._limits.max_keys_per_context
         if len(held) > limit:
-            self._evict(ctx, len(held) - int(limit * _LOW_WATERMARK), out)
+            self._evict(ctx, len(held) - int(limit * EVICTION_LOW_WATERMARK), out)
 
     def _evict(self, ctx: ShadowContext, count: int, out: ApplyOutcome) -> None:
         for key in list(islice(ctx.held, count)):
