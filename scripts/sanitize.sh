@@ -17,7 +17,7 @@ rm -rf "$TREE" build/sanitize-temp
 mkdir -p "$TREE"
 # A copy of the package and the tests: run from there, `import kvsync` finds the sanitized
 # module before the editable install's.
-cp -r kvsync tests pyproject.toml "$TREE"/
+cp -r kvsync tests scripts pyproject.toml "$TREE"/  # scripts: the Redis test cluster
 find "$TREE" \( -name '*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
 CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 LDFLAGS="-fsanitize=address,undefined" \
