@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import soak_fleet
 from soak import (
     Counters,
     Workers,
@@ -36,6 +35,7 @@ from soak import (
     _pods_of,
     _wait,
     _write_endpoints,
+    fleet_configs,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,21 +70,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--final-queries", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--cycle-blocks", type=int, default=80_000, help="per slot and cycle")
+    parser.add_argument("--num-blocks", type=int, default=8192, help="per engine")
+    parser.add_argument("--requests-per-batch", type=int, default=4)
     args = parser.parse_args()
-    configs = [
-        soak_fleet.FleetConfig(
-            worker=w,
-            pods=args.pods // args.workers + (1 if w < args.pods % args.workers else 0),
-            dp_sizes=(1, 2),
-            blocks_per_s=args.blocks_per_s / args.workers,
-            cycle_blocks=80_000,
-            num_blocks=8192,
-            block_size=16,
-            requests_per_batch=4,
-            seed=args.seed * 100 + w,
-        )
-        for w in range(args.workers)
-    ]
+    configs = fleet_configs(args)
     result: dict[str, Any] = {
         "benchmark": "redis_restart",
         "machine": {

@@ -371,6 +371,24 @@ def _log_summary(path: Path) -> dict[str, Any]:
     return {"lines_by_level": dict(levels), "warnings_and_errors": dict(events.most_common(20))}
 
 
+def fleet_configs(args: argparse.Namespace) -> list[soak_fleet.FleetConfig]:
+    """The fleet processes' shares of ``--pods`` and ``--blocks-per-s`` (dp sizes 1, 2, 1, ...)."""
+    return [
+        soak_fleet.FleetConfig(
+            worker=w,
+            pods=args.pods // args.workers + (1 if w < args.pods % args.workers else 0),
+            dp_sizes=(1, 2),
+            blocks_per_s=args.blocks_per_s / args.workers,
+            cycle_blocks=args.cycle_blocks,
+            num_blocks=args.num_blocks,
+            block_size=16,
+            requests_per_batch=args.requests_per_batch,
+            seed=args.seed * 100 + w,
+        )
+        for w in range(args.workers)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=1800.0)
@@ -392,20 +410,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    configs = [
-        soak_fleet.FleetConfig(
-            worker=w,
-            pods=args.pods // args.workers + (1 if w < args.pods % args.workers else 0),
-            dp_sizes=(1, 2),
-            blocks_per_s=args.blocks_per_s / args.workers,
-            cycle_blocks=args.cycle_blocks,
-            num_blocks=args.num_blocks,
-            block_size=16,
-            requests_per_batch=args.requests_per_batch,
-            seed=args.seed * 100 + w,
-        )
-        for w in range(args.workers)
-    ]
+    configs = fleet_configs(args)
     result: dict[str, Any] = {
         "benchmark": "soak",
         "machine": {

@@ -14,11 +14,15 @@ from tests.integration.ingest_harness import eventually
 
 
 @contextmanager
-def serving(fleet: Fleet, *args: str) -> Iterator[httpx.Client]:
-    """A daemon subscribed to ``fleet`` (static discovery, its endpoint specs) with ``args``;
-    yields an HTTP client of its API once ``/readyz`` says ok, stops it at the end."""
-    specs = [arg for spec in fleet.endpoint_specs() for arg in ("--endpoint", spec)]
-    argv = ["--http-host", "127.0.0.1", "--http-port", "0", "--drain-seconds", "0", *specs]
+def serving(fleet: Fleet | None, *args: str) -> Iterator[httpx.Client]:
+    """A daemon subscribed to ``fleet`` (static discovery, its endpoint specs; None: to nothing,
+    a replica that answers from a shared index) with ``args``; yields an HTTP client of its API
+    once ``/readyz`` says ok, stops it at the end."""
+    specs = [] if fleet is None else fleet.endpoint_specs()
+    endpoints = [arg for spec in specs for arg in ("--endpoint", spec)]
+    argv = ["--http-host", "127.0.0.1", "--http-port", "0", "--drain-seconds", "0", *endpoints]
+    if fleet is None:
+        argv += ["--discovery", "static"]
     daemon = runtime.Daemon(config.load([*argv, *args], {}))
     try:
         daemon.start()

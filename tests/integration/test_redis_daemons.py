@@ -4,14 +4,11 @@ with SIGKILL mid-ingest comes back from its stored seqs (no replay from 0) to tr
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from kvsync.daemon import config, runtime
 from kvsync.model import EndpointId
 from kvsync.sim import Fleet
 from tests.integration.daemons import matched_blocks, matches, pods, serving, wait_applied
@@ -24,20 +21,6 @@ pytestmark = pytest.mark.integration
 
 def redis_args(nodes: RedisNodes) -> list[str]:
     return ["--index-backend", "redis", "--redis-url", nodes.url]
-
-
-@contextmanager
-def query_only(*args: str) -> Iterator[httpx.Client]:
-    """A daemon that subscribes to nothing and answers from the shared index."""
-    argv = ["--http-host", "127.0.0.1", "--http-port", "0", "--discovery", "static", *args]
-    daemon = runtime.Daemon(config.load(argv, {}))
-    try:
-        daemon.start()
-        with httpx.Client(base_url=daemon.url, timeout=10) as http:
-            eventually(lambda: http.get("/readyz").status_code == 200, what="/readyz 200")
-            yield http
-    finally:
-        assert daemon.stop(5.0)
 
 
 def log_lines(daemon: Daemon, event: str, count: int) -> list[dict[str, Any]]:
@@ -63,7 +46,7 @@ def test_two_redis_shards_and_a_query_only_replica_answer_as_one_memory_daemon(
         serving(fleet) as memory,
         serving(fleet, *shared, "--shard-count", "2", "--shard-index", "0") as first,
         serving(fleet, *shared, "--shard-count", "2", "--shard-index", "1") as second,
-        query_only(*shared) as reader,
+        serving(None, *shared) as reader,  # subscribes to nothing
     ):
         fleet.step(150)
         wait_applied(fleet, memory, list(fleet.ids))

@@ -27,7 +27,7 @@ Reads: ``match`` (``reader``) from any replica, owned endpoints or not.
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
@@ -72,6 +72,12 @@ class Owned:
     gen: bytes | None = None  # None: not claimed yet (the flusher claims it, dropping the old)
     acked: int | None = None  # the seq Redis has confirmed for it
     fenced: bool = False  # another writer claimed it: this one no longer writes it
+    tag: str = field(init=False)  # the endpoint's hash tag (``layout``), computed once
+    meta: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tag = layout.endpoint_tag(self.endpoint)
+        self.meta = layout.meta_key(self.tag)
 
 
 class RedisBackend:
@@ -198,17 +204,17 @@ class RedisBackend:
 
     def _claim(self, endpoint: EndpointId, ident: str) -> tuple[Owned, bytes]:
         """Claim ``endpoint`` and read its stored blocks back: (its state, the stored seq)."""
-        tag = layout.endpoint_tag(endpoint)
+        owned = Owned(endpoint, EndpointShadow(self._limits, self._copy_bit), ident)
         client = self._nodes.client
         gen, seq, ctxs = self._nodes.guarded(
-            lambda: client.fcall("kvsync_claim", 1, layout.meta_key(tag), ident)
+            lambda: client.fcall("kvsync_claim", 1, owned.meta, ident)
         )
-        shadow = EndpointShadow(self._limits, self._copy_bit)
+        owned.gen = str(gen).encode()
         for context_tag in ctxs.decode().split():
-            entries = self._read_hash(layout.data_key(tag, context_tag))
+            entries = self._read_hash(layout.data_key(owned.tag, context_tag))
             context = layout.context_from_tag(context_tag)
-            shadow.load(context, (layout.unpack_entry(f, v) for f, v in entries))
-        return Owned(endpoint, shadow, ident, gen=str(gen).encode()), seq
+            owned.shadow.load(context, (layout.unpack_entry(f, v) for f, v in entries))
+        return owned, seq
 
     def _read_hash(self, key: str) -> list[tuple[bytes, bytes]]:
         client = self._nodes.client
@@ -243,9 +249,7 @@ class RedisBackend:
         if owned:
             pipe = self._nodes.client.pipeline(transaction=False)
             for o in owned:
-                pipe.fcall(
-                    "kvsync_release", 1, layout.meta_key(layout.endpoint_tag(o.endpoint)), o.gen
-                )
+                pipe.fcall("kvsync_release", 1, o.meta, o.gen)
             try:
                 self._nodes.guarded(lambda: pipe.execute(raise_on_error=False))
             except IndexUnavailableError as exc:  # their leases run out by themselves
@@ -349,7 +353,7 @@ class RedisBackend:
                 self._claim_fresh(owned, pending)
         pipe = nodes.client.pipeline(transaction=False)
         for owned, pending, seq, held, ctxs in work:
-            tag = layout.endpoint_tag(owned.endpoint)
+            tag = owned.tag
             ep_json = layout.endpoint_json(owned.endpoint)
             removed_registry = []
             for context_tag, present in pending.registry.items():
@@ -368,7 +372,7 @@ class RedisBackend:
             pipe.fcall(
                 "kvsync_apply",
                 1 + len(data_keys),
-                layout.meta_key(tag),
+                owned.meta,
                 *data_keys,
                 owned.gen,
                 expected,
@@ -432,7 +436,7 @@ class RedisBackend:
     def _claim_fresh(self, owned: Owned, pending: Pending) -> None:
         """The first write of an endpoint nobody resumed: claim it with a new identity, so what
         an earlier incarnation left is dropped by the claim itself."""
-        meta = layout.meta_key(layout.endpoint_tag(owned.endpoint))
+        meta = owned.meta
         client = self._nodes.client
         ident = owned.ident or f"fresh:{time.time_ns()}"
         gen, _, _ = self._nodes.guarded(lambda: client.fcall("kvsync_claim", 1, meta, ident + "#"))
