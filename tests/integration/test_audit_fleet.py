@@ -257,6 +257,7 @@ def test_feedback_by_prompt_is_judged_against_the_answer_by_prompt(setup: Setup)
     endpoint = setup.fleet.ids[0]
     verdicts = []
     for _ in range(2):  # a miss, then a hit of everything vLLM can reuse
+        setup.fleet.flush()  # the last route's events are published, not just queued
         wait_for(setup.caught_up)
         asked = setup.http.post("/v1/match", json={"model": setup.fleet.model, "prompt": text})
         assert asked.status_code == 200, asked.text
