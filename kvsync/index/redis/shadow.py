@@ -57,9 +57,6 @@ class Pending:
     registry: dict[str, bool] = field(default_factory=dict)
     rewrite: bool = False  # the whole state: skip the stored-seq check
 
-    def __bool__(self) -> bool:
-        return bool(self.clear or self.writes or self.registry or self.rewrite)
-
     def under(self, newer: "Pending") -> "Pending":
         """These changes followed by ``newer`` (a flush that failed goes back under the next)."""
         merged = Pending(set(self.clear), {}, dict(self.registry), self.rewrite or newer.rewrite)
